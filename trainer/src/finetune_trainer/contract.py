@@ -1,0 +1,475 @@
+"""The operator–trainer contract: what the operator hands the trainer and what the trainer leaves behind.
+
+This module is the one part of the trainer the operator imports, so it must stay torch-free: pydantic
+and the standard library only. Everything that crosses the boundary between the two sides is here:
+
+* the configs the operator writes into a ConfigMap (``TrainerConfig``, ``ValidateConfig``,
+  ``EvaluateConfig``, ``ServeConfig``) and the trainer reads with ``--config``;
+* what the trainer writes to the object store: ``progress.json`` (``Progress``), ``events.jsonl``
+  (``TrainerEvent``, one per line), ``manifest.json`` (``Manifest``, written last: an artifact without
+  one is incomplete), a dataset check report (``DatasetCheckReport``) and an evaluation summary
+  (``EvaluationSummary``);
+* the process exit codes (``ExitCode``) and the object layout under a job's prefix.
+
+JSON uses camelCase (like the Kubernetes objects it comes from); Python uses snake_case. Both
+spellings are accepted when reading.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import posixpath
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+CONTRACT_VERSION = "v1alpha1"
+
+# ----------------------------------------------------------------------------------------------
+# Exit codes and files
+
+
+class ExitCode(enum.IntEnum):
+    """How a trainer process ends. The operator's Job ``podFailurePolicy`` keys on these."""
+
+    OK = 0
+    """Done: the artifact and its manifest are uploaded."""
+    RETRYABLE = 1
+    """Anything unexpected (a crash, a lost connection): the Job may retry and resume."""
+    BAD_INPUT = 42
+    """Bad input or config (invalid dataset, impossible request): retrying cannot help."""
+    PREEMPTED = 143
+    """Stopped by SIGTERM after saving what it could (128 + 15): retry resumes from a checkpoint."""
+
+
+PROGRESS_FILE = "progress.json"
+EVENTS_FILE = "events.jsonl"
+MANIFEST_FILE = "manifest.json"
+REPORT_FILE = "report.json"
+SUMMARY_FILE = "summary.json"
+RESULTS_FILE = "results.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+ADAPTER_DIR = "adapter"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_MESSAGE_LIMIT = 4096
+"""Kubernetes keeps at most 4096 bytes of a container's termination message."""
+
+
+def checkpoint_dir(step: int) -> str:
+    """The folder (relative to the job prefix) of the checkpoint taken after ``step`` optimizer steps."""
+    return f"{CHECKPOINTS_DIR}/step-{step}"
+
+
+def job_prefix(namespace: str, name: str, uid: str) -> str:
+    """Object-store prefix of a FineTuneJob's artifacts: ``jobs/<ns>/<name>-<uid>``."""
+    return f"jobs/{namespace}/{name}-{uid}"
+
+
+def dataset_prefix(namespace: str, name: str) -> str:
+    """Object-store prefix of a Dataset's normalised files: ``datasets/<ns>/<name>``."""
+    return f"datasets/{namespace}/{name}"
+
+
+def evaluation_prefix(namespace: str, name: str, uid: str) -> str:
+    """Object-store prefix of an Evaluation's results: ``evaluations/<ns>/<name>-<uid>``."""
+    return f"evaluations/{namespace}/{name}-{uid}"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key/prefix`` into ``("bucket", "key/prefix")``.
+
+    >>> parse_s3_uri("s3://models/jobs/ns/a-1/model/")
+    ('models', 'jobs/ns/a-1/model')
+    """
+    if not uri.startswith("s3://"):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    if not bucket:
+        raise ValueError(f"s3 URI has no bucket: {uri!r}")
+    return bucket, key.strip("/")
+
+
+def join_uri(base: str, *parts: str) -> str:
+    """Join an ``s3://`` (or local) URI with relative parts, with exactly one ``/`` between them."""
+    tail = posixpath.join(*[p.strip("/") for p in parts if p])
+    return base.rstrip("/") + ("/" + tail if tail else "")
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.UTC)
+
+
+# ----------------------------------------------------------------------------------------------
+# Base model
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(by_alias=True, exclude_none=True, indent=2)
+
+
+class StorageConfig(_Model):
+    """Where the object store is and where its credentials are mounted."""
+
+    endpoint: str = Field(description="host:port of the S3 API, without scheme")
+    secure: bool = Field(default=True, description="use HTTPS")
+    region: str | None = Field(default=None, description="S3 region, if the store needs one")
+    credentials_dir: str | None = Field(
+        default=None,
+        description="folder holding files `accessKey` and `secretKey` (a mounted Secret). "
+        "When unset, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are read from the environment.",
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+class LoraConfig(_Model):
+    r: int = Field(default=16, ge=1, le=1024)
+    alpha: int = Field(default=32, ge=1, le=4096)
+    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+class Hyperparameters(_Model):
+    epochs: int = Field(default=3, ge=1, le=100)
+    batch_size: int | Literal["auto"] = "auto"
+    """Examples (packed sequences) per optimizer micro-step per process; ``auto`` sizes it to the device."""
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    """None: 1e-4 for LoRA and QLoRA, 1e-5 for full fine-tuning."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(default=0.03, ge=0, le=1)
+    weight_decay: float = Field(default=0.0, ge=0, le=1)
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    max_seq_length: int = Field(default=2048, ge=16, le=1_048_576)
+    train_on_inputs: Literal["auto", "true", "false"] = "auto"
+    n_checkpoints: int = Field(default=1, ge=0, le=100)
+    n_evals: int = Field(default=0, ge=0, le=100)
+    seed: int = Field(default=42, ge=0, le=2**32 - 1)
+    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
+    packing: bool = True
+    gradient_checkpointing: bool = False
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (for smoke tests); None trains all epochs."""
+
+    @field_validator("train_on_inputs", mode="before")
+    @classmethod
+    def _bool_to_str(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        return v
+
+    def effective_learning_rate(self, method: str) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-5 if method == "full" else 1e-4
+
+
+class TrainerConfig(_Model):
+    """Everything ``finetune-trainer train`` needs. Written by the operator into a ConfigMap."""
+
+    contract_version: str = CONTRACT_VERSION
+    job_name: str = "local"
+    namespace: str = "default"
+    base_model: str = Field(description="hf://org/name[@revision], s3://bucket/prefix, pvc://claim/path or a local path")
+    base_model_token_file: str | None = Field(default=None, description="file holding a Hugging Face token")
+    train_data: list[str] = Field(min_length=1, description="URIs of normalised training JSONL or Parquet files")
+    validation_data: list[str] = Field(default_factory=list)
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    """Used when validation_data is empty: this fraction of train_data, split deterministically by seed."""
+    method: Literal["lora", "qlora", "full"] = "lora"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    chat_template: str | None = None
+    """Jinja chat template to use when the base model's tokenizer has none."""
+    merge: bool = False
+    """Also upload the adapter merged into the base model (LoRA only)."""
+    from_checkpoint: str | None = None
+    """URI of another job's checkpoint or model folder to continue from."""
+    output_uri: str = Field(description="job prefix: s3://bucket/jobs/<ns>/<name>-<uid> or a local folder")
+    output_model_name: str | None = None
+    storage: StorageConfig | None = None
+    num_gpus: int = Field(default=0, ge=0, le=64)
+    """GPUs per node the operator asked for; 0 means CPU. More than visible is a bad-input error."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    metrics_port: int | None = Field(default=9090, ge=0, le=65535)
+    progress_interval_seconds: float = Field(default=10.0, gt=0, le=600)
+
+
+# ----------------------------------------------------------------------------------------------
+# What the trainer writes
+
+
+Phase = Literal["pending", "downloading", "validating", "training", "evaluating", "uploading", "done", "failed"]
+
+
+class CheckpointRecord(_Model):
+    step: int
+    uri: str
+    created_at: _dt.datetime | None = None
+
+
+class Progress(_Model):
+    """``progress.json``: the trainer's latest word, rewritten at least every ``progressIntervalSeconds``."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    phase: Phase = "pending"
+    step: int = 0
+    total_steps: int | None = None
+    epoch: float = 0.0
+    total_epochs: int | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    trained_tokens: int = 0
+    padding_fraction: float | None = None
+    """Padding tokens / all tokens processed (0 with packing, except the tail of each batch)."""
+    eta_seconds: float | None = None
+    checkpoints: list[CheckpointRecord] = Field(default_factory=list)
+    model_uri: str | None = None
+    adapter_uri: str | None = None
+    merged_model_uri: str | None = None
+    reason: str | None = None
+    """Typed reason when phase is failed (e.g. InvalidDataset, ImpossibleConfig, OutOfMemory)."""
+    message: str | None = None
+    exit_code: int | None = None
+    updated_at: _dt.datetime = Field(default_factory=utcnow)
+
+
+class TrainerEvent(_Model):
+    """One line of ``events.jsonl``, in the words of the hosted services' event logs."""
+
+    time: _dt.datetime = Field(default_factory=utcnow)
+    type: Literal["Normal", "Warning"] = "Normal"
+    reason: str
+    message: str
+
+
+class ManifestFile(_Model):
+    path: str
+    size: int
+    sha256: str
+
+
+class Manifest(_Model):
+    """``manifest.json``: the proof an artifact is complete. Written after every file it lists."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    kind: Literal["model", "adapter", "merged-model", "checkpoint", "dataset", "evaluation"]
+    files: list[ManifestFile]
+    created_at: _dt.datetime = Field(default_factory=utcnow)
+    base_model: str | None = None
+    step: int | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+# ----------------------------------------------------------------------------------------------
+# Datasets
+
+
+DatasetFormat = Literal["auto", "chat", "instruction", "text", "parquet"]
+
+
+class ValidateConfig(_Model):
+    """Everything ``finetune-trainer validate`` needs."""
+
+    contract_version: str = CONTRACT_VERSION
+    source: str = Field(description="s3://bucket/key, https://..., or a local path")
+    source_credentials_dir: str | None = None
+    format: DatasetFormat = "auto"
+    validation_split: float = Field(default=0.0, ge=0, lt=1)
+    split_seed: int = 42
+    min_samples: int = Field(default=10, ge=1)
+    max_bytes: int = Field(default=1 << 30, ge=1)
+    max_errors: int = Field(default=20, ge=1, le=1000)
+    tokenizer: str | None = None
+    """A model URI whose tokenizer counts tokens for the statistics; none: no token statistics."""
+    max_seq_length: int | None = Field(default=None, ge=1)
+    """With a tokenizer (or Parquet): reject the dataset when every example is longer than this."""
+    output_uri: str = Field(description="s3://bucket/datasets/<ns>/<name>: files go to <output_uri>/<sha256>/")
+    report_uri: str = Field(description="where to write the DatasetCheckReport JSON (also on failure)")
+    storage: StorageConfig | None = None
+
+
+class CheckError(_Model):
+    line: int | None = Field(default=None, description="1-based line (JSONL) or row (Parquet); None for the whole file")
+    rule: str = Field(description="stable rule id, e.g. not_utf8, not_json, unknown_role")
+    message: str
+
+
+class TokenStats(_Model):
+    min: int
+    mean: float
+    max: int
+    total: int
+
+
+class DatasetCheckReport(_Model):
+    """The validator's verdict, in the shape of Together's ``check_file`` plus what the operator needs."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    is_check_passed: bool
+    message: str
+    found: bool = True
+    file_size: int | None = None
+    filetype: Literal["jsonl", "parquet"] | None = None
+    utf8: bool | None = None
+    line_type: bool | None = None
+    key_value: bool | None = None
+    has_min_samples: bool | None = None
+    num_samples: int | None = None
+    format: Literal["chat", "instruction", "text", "parquet"] | None = None
+    errors: list[CheckError] = Field(default_factory=list)
+    error_count: int = 0
+    sha256: str | None = None
+    train_samples: int | None = None
+    validation_samples: int | None = None
+    train_uri: str | None = None
+    validation_uri: str | None = None
+    manifest_uri: str | None = None
+    token_stats: TokenStats | None = None
+    message_stats: TokenStats | None = None
+    """Messages per example (chat format)."""
+    retryable: bool = False
+    """True when the failure may heal by itself (source not reachable yet): the operator keeps Pending."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+
+
+class EvalModel(_Model):
+    """One model to evaluate: through an OpenAI-compatible endpoint, or loaded directly."""
+
+    name: str = Field(description="row name in the results table")
+    endpoint: str | None = Field(default=None, description="base URL of an OpenAI-compatible API (…/v1)")
+    model: str | None = Field(default=None, description="model name to send to the endpoint")
+    api_key_file: str | None = None
+    model_uri: str | None = Field(default=None, description="base model URI to load directly")
+    adapter_uri: str | None = Field(default=None, description="LoRA adapter URI to apply to model_uri")
+
+
+class GraderSpec(_Model):
+    name: str
+    type: Literal["exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge"]
+    pattern: str | None = None
+    """regex: the pattern the answer must match (search)."""
+    case_sensitive: bool = False
+    threshold: float | None = None
+    judge: EvalModel | None = None
+    rubric: str | None = None
+    score_min: float = 1
+    """llm_judge: the lowest score the rubric allows; the judge's `SCORE: <n>` maps to (n - min) / (max - min)."""
+    score_max: float = 5
+    """llm_judge: the highest score the rubric allows (must be greater than score_min)."""
+    embedding_model: str | None = None
+    """semantic_similarity: URI of a sentence-embedding model (mean pooling); None: the bundled all-MiniLM-L6-v2."""
+    max_tokens: int = Field(default=512, ge=1, le=32768)
+    """llm_judge: the most tokens the judge may write (its reasoning and the final SCORE line)."""
+
+
+class GenerationSettings(_Model):
+    max_tokens: int = Field(default=64, ge=1, le=32768)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int = 0
+    stop: list[str] = Field(default_factory=list)
+    batch_size: int = Field(default=8, ge=1, le=1024)
+    """Prompts per forward pass when the model is loaded directly."""
+    concurrency: int = Field(default=4, ge=1, le=256)
+    """Requests in flight at once to an OpenAI-compatible endpoint (also used for llm_judge)."""
+
+
+class EvaluateConfig(_Model):
+    contract_version: str = CONTRACT_VERSION
+    models: list[EvalModel] = Field(min_length=1)
+    baseline: str | None = Field(default=None, description="name of the model the others are compared with")
+    dataset: str = Field(description="URI of a normalised JSONL file")
+    graders: list[GraderSpec] = Field(min_length=1)
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    max_samples: int | None = Field(default=None, ge=1)
+    regrade: bool = False
+    """The dataset already holds responses (`response` per example): grade them, skip inference."""
+    output_uri: str
+    storage: StorageConfig | None = None
+
+
+class ScoreRecord(_Model):
+    model: str
+    grader: str
+    mean: float | None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = 0
+    errors: int = 0
+    delta: float | None = None
+    """mean minus the baseline's mean for the same grader; None for the baseline itself."""
+
+
+class EvaluationSummary(_Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    scores: list[ScoreRecord]
+    baseline: str | None = None
+    samples: int
+    results_uri: str | None = None
+    message: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Serving
+
+
+class AdapterRef(_Model):
+    name: str = Field(description="model name clients send")
+    uri: str = Field(description="folder with adapter_config.json and adapter_model.safetensors")
+
+
+class ServeConfig(_Model):
+    """``finetune-trainer serve --config``. The adapters list may change while the server runs: it rereads the file."""
+
+    contract_version: str = CONTRACT_VERSION
+    base_model: str
+    served_model_name: str | None = None
+    """Name of the base model in /v1/models; defaults to the base model URI."""
+    adapters: list[AdapterRef] = Field(default_factory=list)
+    api_key_file: str | None = None
+    host: str = "0.0.0.0"
+    port: int = Field(default=8000, ge=0, le=65535)
+    max_batch_size: int = Field(default=8, ge=1, le=256)
+    max_queue: int = Field(default=64, ge=1)
+    max_model_len: int = Field(default=2048, ge=16)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    storage: StorageConfig | None = None
+
+
+class FetchItem(_Model):
+    uri: str = Field(description="s3:// folder with a manifest.json (a model or an adapter)")
+    dest: str = Field(description="local folder to download it into")
+
+
+class FetchConfig(_Model):
+    """``finetune-trainer fetch --config``: download complete artifacts (manifest checked) into local folders.
+
+    The vllm runtime's init container uses it to put the base model and the adapters on an emptyDir.
+    """
+
+    contract_version: str = CONTRACT_VERSION
+    items: list[FetchItem] = Field(default_factory=list)
+    storage: StorageConfig | None = None
+
+
+Name = Annotated[str, Field(min_length=1, max_length=253)]

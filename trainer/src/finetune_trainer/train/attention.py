@@ -1,0 +1,74 @@
+"""Attention for packed rows on CPU: causal attention inside each example, nothing across them.
+
+transformers builds a block-diagonal causal mask from packed ``position_ids`` for ``sdpa``, which is
+correct but makes every row cost a full ``L x L`` attention however short its examples are. On GPUs
+``flash_attention_2`` avoids that with ``cu_seqlens``; on CPU this module registers ``packed_sdpa``: it
+finds the examples of each row from the position ids (a new example starts where the position does not
+follow the previous one) and runs PyTorch's causal SDPA on each example alone, so a row costs the sum of
+its examples' squared lengths. With no position ids, or with a mask (generation), it is plain ``sdpa``.
+
+The trainer tests check that per-example losses are the same packed and unpacked with this attention
+and with transformers' own ``sdpa`` and ``eager``.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+PACKED_SDPA = "packed_sdpa"
+
+
+def example_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+    """``[start, end)`` of every example of every row, from where positions stop counting up by one.
+
+    >>> example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]]))
+    [[(0, 3), (3, 5), (5, 6)]]
+    """
+    rows = []
+    diff = torch.diff(position_ids, dim=-1) != 1
+    length = position_ids.shape[-1]
+    for row in diff.tolist():
+        starts = [0] + [i + 1 for i, new in enumerate(row) if new]
+        rows.append(list(zip(starts, starts[1:] + [length])))
+    return rows
+
+
+def packed_sdpa_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    position_ids: torch.Tensor | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Per-example causal SDPA over ``[batch, heads, seq, dim]`` tensors; returns ``[batch, seq, heads, dim]``."""
+    if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    bounds = example_bounds(position_ids.expand(query.shape[0], -1))
+    if all(len(row) == 1 for row in bounds):
+        return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
+    rows = []
+    for b, row in enumerate(bounds):
+        parts = [
+            sdpa_attention_forward(
+                module,
+                query[b : b + 1, :, s:e],
+                key[b : b + 1, :, s:e],
+                value[b : b + 1, :, s:e],
+                None,
+                dropout=dropout,
+                scaling=scaling,
+                is_causal=True,
+            )[0]
+            for s, e in row
+        ]
+        rows.append(torch.cat(parts, dim=1))
+    return torch.cat(rows, dim=0), None
+
+
+AttentionInterface.register(PACKED_SDPA, packed_sdpa_attention)

@@ -1,0 +1,99 @@
+"""Checkpoints: what is saved, where, and how a restarted run finds the newest complete one.
+
+A checkpoint ``<outputUri>/checkpoints/step-N/`` holds:
+
+* ``adapter/`` (PEFT layout) for LoRA/QLoRA, or ``model/`` (safetensors + config) for full fine-tuning;
+* ``optimizer.pt`` and ``scheduler.pt`` (full, unsharded state dicts keyed by parameter name);
+* ``rng.pt``: the RNG states of every process (python, torch, CUDA);
+* ``trainer_state.json``: step, epoch, micro-batch position in the epoch, the batch plan's shape;
+* ``manifest.json``, written last by ``ObjectStore.upload_artifact``: without it the checkpoint does not count.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from finetune_trainer.contract import CHECKPOINTS_DIR, MANIFEST_FILE, join_uri
+from finetune_trainer.storage import ObjectStore
+
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.pt"
+SCHEDULER_FILE = "scheduler.pt"
+RNG_FILE = "rng.pt"
+ADAPTER_SUBDIR = "adapter"
+MODEL_SUBDIR = "model"
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; enough, with the seed, to replay the same batch order from here."""
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    total_steps: int
+    batches_per_epoch: int
+    gradient_accumulation_steps: int
+    world_size: int
+    trained_tokens: int = 0
+    method: str = "lora"
+
+    def save(self, folder: Path) -> None:
+        (folder / TRAINER_STATE).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "TrainerState":
+        data = json.loads((folder / TRAINER_STATE).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def checkpoints_uri(output_uri: str) -> str:
+    return join_uri(output_uri, CHECKPOINTS_DIR)
+
+
+def complete_checkpoints(store: ObjectStore, output_uri: str) -> list[tuple[int, str]]:
+    """``(step, uri)`` of every checkpoint of this job that has a manifest, oldest first."""
+    root = checkpoints_uri(output_uri)
+    steps: set[int] = set()
+    for name in store.list(root):
+        parts = name.split("/")
+        if len(parts) == 2 and parts[1] == MANIFEST_FILE:
+            match = _STEP_DIR.match(parts[0])
+            if match:
+                steps.add(int(match.group(1)))
+    return [(s, join_uri(root, f"step-{s}")) for s in sorted(steps)]
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_checkpoint_folder(folder: Path) -> bool:
+    return (folder / TRAINER_STATE).exists()
+
+
+def weights_folder(folder: Path) -> Path:
+    """The adapter or model folder inside a checkpoint, or the folder itself (a job's ``model/`` output)."""
+    for sub in (ADAPTER_SUBDIR, MODEL_SUBDIR):
+        if (folder / sub).is_dir():
+            return folder / sub
+    return folder
