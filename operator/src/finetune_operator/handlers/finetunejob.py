@@ -1,0 +1,199 @@
+"""FineTuneJob handlers: every trigger (the object itself, its Job and pods, its Datasets, a timer
+for progress) ends in the same level-triggered ``reconcile_finetunejob``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from finetune_operator import kube as k
+from finetune_operator import metrics, runtime
+from finetune_operator.api.finetunejob import KIND, TERMINAL_PHASES
+from finetune_operator.config import OperatorConfig
+from finetune_operator.manifests.trainer_job import build_trainer_children
+from finetune_operator.reconcile import finetunejob as rec
+
+logger = logging.getLogger(__name__)
+
+FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
+OWNER_LABEL = "finetune.dev/finetunejob"
+_ENV_CONFIG = OperatorConfig.from_env()
+ACTIVE_PHASES = ("Running", "Uploading")
+
+
+def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
+    meta, spec, status = body["metadata"], body.get("spec", {}), body.get("status", {}) or {}
+    ns, name = meta["namespace"], meta["name"]
+    observed = rec.Observed()
+    if status.get("phase") in TERMINAL_PHASES and status.get("conditions"):
+        return observed
+    if spec.get("dataset"):
+        observed.dataset = rt.kube.get(k.DATASETS, ns, spec["dataset"])
+    if spec.get("validationDataset"):
+        observed.validation_dataset = rt.kube.get(k.DATASETS, ns, spec["validationDataset"])
+    if spec.get("fromCheckpoint"):
+        observed.checkpoint_source = rt.kube.get(k.FINETUNEJOBS, ns, spec["fromCheckpoint"].partition(":")[0])
+    observed.job = rt.kube.get(k.JOBS, ns, rec.job_name(name))
+    if observed.job is not None:
+        observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"batch.kubernetes.io/job-name={rec.job_name(name)}")
+        if status.get("artifactsUri"):
+            observed.progress = rt.storage.read_progress(status["artifactsUri"])
+        complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in observed.job.get("status", {}).get("conditions", []) or [])
+        if complete and observed.progress is not None and observed.progress.model_uri:
+            observed.model_complete = rt.storage.manifest_exists(observed.progress.model_uri)
+    return observed
+
+
+def _status_changed(current: dict, new: dict) -> bool:
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def reconcile_finetunejob(namespace: str, name: str, body: dict | None = None, raise_retry: bool = False) -> rec.Plan | None:
+    """Read, decide, act, write status. Serialised per object."""
+    rt = runtime.get()
+    started = time.monotonic()
+    fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name) if body is None else body
+    if fresh is None:
+        return None
+    uid = fresh["metadata"]["uid"]
+    with runtime.object_lock(uid):
+        # Re-read under the lock: another trigger may have just written status, and deciding on the
+        # older copy would repeat its transition (and its Event).
+        fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            plan = rec.reconcile(
+                name=name,
+                namespace=namespace,
+                uid=uid,
+                generation=fresh["metadata"].get("generation"),
+                raw_spec=fresh.get("spec", {}),
+                status=fresh.get("status"),
+                observed=_observe(fresh, rt),
+                config=rt.config,
+                build_children=lambda spec, inputs: build_trainer_children(fresh, spec, inputs, rt.config),
+            )
+            for child in plan.create:
+                rt.kube.create(child)
+            if plan.job_patch:
+                rt.kube.patch(k.JOBS, namespace, rec.job_name(name), plan.job_patch)
+            if plan.delete_job:
+                rt.kube.delete(k.JOBS, namespace, rec.job_name(name))
+            current = fresh.get("status") or {}
+            if plan.new_phase != "Queued" and current.get("queue"):
+                plan.status["queue"] = None
+            if _status_changed(current, plan.status):
+                rt.kube.patch_status(k.FINETUNEJOBS, namespace, name, plan.status)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
+    _report(fresh, plan)
+    if raise_retry and plan.retry_after:
+        raise kopf.TemporaryError(plan.status.get("message") or "waiting", delay=plan.retry_after)
+    return plan
+
+
+def _report(body: dict, plan: rec.Plan) -> None:
+    meta = body["metadata"]
+    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
+    if plan.old_phase != plan.new_phase:
+        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
+        if plan.new_phase == "Running" and plan.old_phase in ("Queued", "Pending", None):
+            waited = rec.queue_wait_seconds(body.get("status") or {})
+            if waited is not None:
+                metrics.QUEUE_WAIT.observe(waited)
+        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.resume(*FTJ)
+@kopf.on.create(*FTJ)
+@kopf.on.update(*FTJ)
+def on_finetunejob(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    reconcile_finetunejob(namespace, name, body=dict(body))
+
+
+@kopf.timer(*FTJ, interval=_ENV_CONFIG.progress_interval_seconds, initial_delay=_ENV_CONFIG.progress_interval_seconds,
+            when=lambda status, **_: (status or {}).get("phase") in ACTIVE_PHASES)
+def poll_progress(namespace: str, name: str, **_: Any) -> None:
+    """While the trainer runs, progress.json changes without any API event: read it every interval."""
+    reconcile_finetunejob(namespace, name)
+
+
+@kopf.timer(*FTJ, interval=30, initial_delay=30, when=lambda status, **_: (status or {}).get("phase") == "Pending")
+def retry_pending(namespace: str, name: str, **_: Any) -> None:
+    """Waiting is driven by events (a Dataset's phase, a pod's state); this slow timer is the backstop
+    for what sends none (a Secret created later), without logging the wait as an error."""
+    reconcile_finetunejob(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={OWNER_LABEL: kopf.PRESENT})
+def on_trainer_job(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    reconcile_finetunejob(namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def on_trainer_pod(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    reconcile_finetunejob(namespace, labels[OWNER_LABEL])
+
+
+@kopf.index(*FTJ)
+def finetunejobs_by_dataset(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
+    keys = {(namespace, spec.get("dataset")), (namespace, spec.get("validationDataset")), (namespace, (spec.get("fromCheckpoint") or "").partition(":")[0])}
+    return {key: name for key in keys if key[1]}
+
+
+@kopf.index(*FTJ, when=lambda status, **_: (status or {}).get("phase") == "Queued" and bool(((status or {}).get("queue") or {}).get("name")))
+def queued_finetunejobs(namespace: str, name: str, status: kopf.Status, meta: kopf.Meta, **_: Any) -> dict:
+    queue = status["queue"]
+    return {(namespace, queue["name"]): (queue.get("queuedAt") or "", meta.get("creationTimestamp") or "", name)}
+
+
+def queue_position(queued: kopf.Index, namespace: str, queue: str, name: str) -> int | None:
+    """1 for the job that waited longest in this queue among this operator's Queued jobs."""
+    entries = sorted(set(queued.get((namespace, queue), [])))
+    names = [entry[2] for entry in entries]
+    return names.index(name) + 1 if name in names else None
+
+
+@kopf.timer(*FTJ, interval=15, initial_delay=2, when=lambda status, **_: (status or {}).get("phase") == "Queued" and bool(((status or {}).get("queue") or {}).get("name")))
+def refresh_queue_position(namespace: str, name: str, status: kopf.Status, queued_finetunejobs: kopf.Index, **_: Any) -> None:
+    """Queue position, as the hosted services show it: cheap (the index is in memory), patched only on change."""
+    queue = dict(status.get("queue") or {})
+    position = queue_position(queued_finetunejobs, namespace, queue["name"], name)
+    if position is not None and position != queue.get("position"):
+        runtime.get().kube.patch_status(k.FINETUNEJOBS, namespace, name, {"queue": {"position": position}})
+
+
+@kopf.on.field("finetune.dev", "v1alpha1", "datasets", field="status.phase")
+def on_dataset_phase(namespace: str, name: str, finetunejobs_by_dataset: kopf.Index, **_: Any) -> None:
+    """A Dataset became Ready (or Invalid): the jobs waiting for it move on at once."""
+    for job in set(finetunejobs_by_dataset.get((namespace, name), [])):
+        reconcile_finetunejob(namespace, job)
+
+
+@kopf.on.field(*FTJ, field="status.phase")
+def on_finetunejob_phase(namespace: str, name: str, new: str | None, finetunejobs_by_dataset: kopf.Index, **_: Any) -> None:
+    """A job completed (or reached a checkpoint): jobs continuing from it (fromCheckpoint) move on."""
+    for job in set(finetunejobs_by_dataset.get((namespace, name), [])):
+        if job != name:
+            reconcile_finetunejob(namespace, job)
+
+
+@kopf.on.delete(*FTJ, optional=_ENV_CONFIG.artifact_policy != "delete")
+def on_finetunejob_deleted(body: kopf.Body, namespace: str, name: str, uid: str, status: kopf.Status, **_: Any) -> None:
+    """Children go with the owner (owner references). Artifacts stay unless FINETUNE_ARTIFACT_POLICY=delete."""
+    rt = runtime.get()
+    metrics.PHASES.set(KIND, namespace, name, None)
+    runtime.forget(uid)
+    uri = (status or {}).get("artifactsUri")
+    if rt.config.artifact_policy == "delete" and uri:
+        deleted = rt.storage.delete_prefix(uri)
+        logger.info("deleted %d artifacts of %s/%s under %s", deleted, namespace, name, uri)

@@ -1,0 +1,210 @@
+"""InferenceEndpoint handlers: every trigger (the object itself, its Deployment and pods, the FineTuneJobs
+its adapters name, a short timer while adapters load) ends in the same level-triggered
+``reconcile_inferenceendpoint``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import kopf
+
+from finetune_operator import kube as k
+from finetune_operator import metrics, runtime
+from finetune_operator.api.inferenceendpoint import KIND
+from finetune_operator.manifests.server import PORT, build_server_children, child_name, selector_labels
+from finetune_operator.reconcile import inferenceendpoint as rec
+
+logger = logging.getLogger(__name__)
+
+IE = ("finetune.dev", "v1alpha1", "inferenceendpoints")
+OWNER_LABEL = "finetune.dev/inferenceendpoint"
+SERVER_HEALTH_TIMEOUT = 2.0
+ADAPTER_POLL_SECONDS = 5
+
+
+def _pod_ready(pod: dict) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions) and not pod["metadata"].get("deletionTimestamp")
+
+
+def server_adapters(pod: dict) -> list[dict] | None:
+    """What a ready builtin server reports about its adapters (GET /health on the pod, no key needed)."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        return None
+    host = f"[{ip}]" if ":" in ip else ip
+    try:
+        with urllib.request.urlopen(f"http://{host}:{PORT}/health", timeout=SERVER_HEALTH_TIMEOUT) as response:
+            body = json.loads(response.read(1 << 20))
+    except urllib.error.HTTPError as e:  # 503 while loading or draining still carries the report
+        try:
+            body = json.loads(e.read(1 << 20))
+        except ValueError:
+            return None
+    except (OSError, ValueError):
+        return None
+    adapters = body.get("adapters") if isinstance(body, dict) else None
+    return adapters if isinstance(adapters, list) else None
+
+
+def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
+    meta, spec = body["metadata"], body.get("spec", {}) or {}
+    ns, name = meta["namespace"], meta["name"]
+    observed = rec.Observed()
+    for adapter in spec.get("adapters") or []:
+        job = adapter.get("fineTuneJob") if isinstance(adapter, dict) else None
+        if job and job not in observed.finetunejobs:
+            observed.finetunejobs[job] = rt.kube.get(k.FINETUNEJOBS, ns, job)
+    observed.deployment = rt.kube.get(k.DEPLOYMENTS, ns, child_name(name))
+    if observed.deployment is not None:
+        selector = ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+        observed.pods = rt.kube.list(k.PODS, ns, label_selector=selector)
+        runtime_label = (observed.deployment["metadata"].get("labels") or {}).get("finetune.dev/runtime")
+        if runtime_label == "builtin":
+            reports = [r for r in (server_adapters(p) for p in observed.pods if _pod_ready(p)) if r is not None]
+            observed.server_adapters = reports or None
+    return observed
+
+
+def _status_changed(current: dict, new: dict) -> bool:
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
+    """Create each child that is missing, patch each that differs, delete what must go."""
+    for child in plan.apply:
+        resource = k.BY_KIND[child["kind"]]
+        live = rt.kube.get(resource, namespace, child["metadata"]["name"])
+        if live is None:
+            rt.kube.create(child)
+            continue
+        desired = {key: value for key, value in child.items() if key not in ("apiVersion", "kind", "metadata")}
+        desired["metadata"] = {"labels": child["metadata"]["labels"]}
+        if rec.differs(desired, live):
+            rt.kube.patch(resource, namespace, child["metadata"]["name"], desired)
+            logger.info("%s/%s: updated %s %s", namespace, child["metadata"]["name"], child["kind"], child["metadata"]["name"])
+    for kind, child_name_ in plan.delete:
+        resource = k.BY_KIND[kind]
+        if rt.kube.get(resource, namespace, child_name_) is not None:
+            rt.kube.delete(resource, namespace, child_name_)
+
+
+def reconcile_inferenceendpoint(namespace: str, name: str, body: dict | None = None) -> rec.Plan | None:
+    """Read, decide, act, write status. Serialised per object."""
+    rt = runtime.get()
+    started = time.monotonic()
+    first = rt.kube.get(k.INFERENCEENDPOINTS, namespace, name) if body is None else body
+    if first is None:
+        return None
+    uid = first["metadata"]["uid"]
+    with runtime.object_lock(uid):
+        # Re-read under the lock: another trigger may have just written status.
+        fresh = rt.kube.get(k.INFERENCEENDPOINTS, namespace, name)
+        if fresh is None:
+            return None
+        if fresh["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            plan = rec.reconcile(
+                name=name,
+                namespace=namespace,
+                generation=fresh["metadata"].get("generation"),
+                raw_spec=fresh.get("spec", {}),
+                status=fresh.get("status"),
+                observed=_observe(fresh, rt),
+                config=rt.config,
+                build_children=lambda spec, adapters: build_server_children(fresh, spec, adapters, rt.config),
+            )
+            _apply(rt, namespace, plan)
+            if _status_changed(fresh.get("status") or {}, plan.status):
+                rt.kube.patch_status(k.INFERENCEENDPOINTS, namespace, name, plan.status)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
+    _report(fresh, plan)
+    return plan
+
+
+def _report(body: dict, plan: rec.Plan) -> None:
+    meta = body["metadata"]
+    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
+    if plan.old_phase != plan.new_phase:
+        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
+        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    old = {a.get("name"): a for a in ((body.get("status") or {}).get("adapters") or [])}
+    for adapter in plan.status.get("adapters") or []:
+        before = old.get(adapter["name"]) or {}
+        if adapter["ready"] and not before.get("ready"):
+            kopf.event(body, type="Normal", reason="AdapterReady", message=f"Adapter {adapter['name']} is served")
+        elif adapter.get("reason") == rec.Reason.ADAPTER_LOAD_FAILED and before.get("reason") != rec.Reason.ADAPTER_LOAD_FAILED:
+            kopf.event(body, type="Warning", reason="AdapterLoadFailed", message=f"Adapter {adapter['name']}: {adapter.get('message')}")
+
+
+@kopf.on.resume(*IE)
+@kopf.on.create(*IE)
+@kopf.on.update(*IE)
+def on_inferenceendpoint(body: kopf.Body, namespace: str, name: str, **_: Any) -> None:
+    reconcile_inferenceendpoint(namespace, name, body=dict(body))
+
+
+def _waiting(status: dict | None, **_: Any) -> bool:
+    """Something changes without an API event: a server loading an adapter, a pod that cannot start."""
+    status = status or {}
+    if status.get("phase") in ("Pending", "Deploying", "Failed"):
+        return True
+    loading = (rec.Reason.ADAPTER_LOADING, rec.Reason.WAITING_FOR_SERVER)
+    return any(a.get("reason") in loading for a in status.get("adapters") or [])
+
+
+@kopf.timer(*IE, interval=ADAPTER_POLL_SECONDS, initial_delay=ADAPTER_POLL_SECONDS, when=_waiting)
+def poll_servers(namespace: str, name: str, **_: Any) -> None:
+    """While an adapter loads (the kubelet refreshes a ConfigMap volume within about a minute, then the
+    server loads it), ask the servers every few seconds."""
+    reconcile_inferenceendpoint(namespace, name)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={OWNER_LABEL: kopf.PRESENT})
+def on_server_deployment(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    reconcile_inferenceendpoint(namespace, labels[OWNER_LABEL])
+
+
+@kopf.on.event("", "v1", "pods", labels={OWNER_LABEL: kopf.PRESENT})
+def on_server_pod(labels: kopf.Labels, namespace: str, **_: Any) -> None:
+    reconcile_inferenceendpoint(namespace, labels[OWNER_LABEL])
+
+
+@kopf.index(*IE)
+def inferenceendpoints_by_finetunejob(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict:
+    jobs = {a.get("fineTuneJob") for a in spec.get("adapters") or [] if isinstance(a, dict)}
+    return {(namespace, job): name for job in jobs if job}
+
+
+@kopf.on.field("finetune.dev", "v1alpha1", "finetunejobs", field="status.phase")
+def on_adapter_job_phase(namespace: str, name: str, inferenceendpoints_by_finetunejob: kopf.Index, **_: Any) -> None:
+    """A FineTuneJob completed (or was created, or failed): the endpoints serving its adapter move on."""
+    for endpoint in set(inferenceendpoints_by_finetunejob.get((namespace, name), [])):
+        reconcile_inferenceendpoint(namespace, endpoint)
+
+
+@kopf.on.event("finetune.dev", "v1alpha1", "finetunejobs")
+def on_adapter_job_event(type: str, namespace: str, name: str, inferenceendpoints_by_finetunejob: kopf.Index, **_: Any) -> None:
+    """A FineTuneJob was deleted: its adapter is no longer resolvable."""
+    if type == "DELETED":
+        for endpoint in set(inferenceendpoints_by_finetunejob.get((namespace, name), [])):
+            reconcile_inferenceendpoint(namespace, endpoint)
+
+
+@kopf.on.delete(*IE, optional=True)
+def on_inferenceendpoint_deleted(namespace: str, name: str, uid: str, **_: Any) -> None:
+    """Children go with the owner (owner references); only the operator's own bookkeeping is left."""
+    metrics.PHASES.set(KIND, namespace, name, None)
+    runtime.forget(uid)

@@ -1,0 +1,102 @@
+"""Pieces every pod the operator makes shares: labels, the restricted security context, storage mounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune_operator.config import OperatorConfig
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "finetune-operator"}
+UID = 1000
+STORAGE_MOUNT = "/var/run/secrets/finetune/storage"
+CONFIG_MOUNT = "/etc/finetune"
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def labels(component: str, kind_label: str, owner_name: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    out = {
+        "app.kubernetes.io/name": "finetune",
+        "app.kubernetes.io/component": component,
+        **MANAGED_BY,
+        f"finetune.dev/{kind_label}": owner_name,
+    }
+    out.update(extra or {})
+    return out
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod-level settings that pass the Pod Security Standards `restricted` profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def storage_volume(config: OperatorConfig, secret_name: str | None = None) -> tuple[dict, dict]:
+    """The object store credentials Secret, mounted read-only as files accessKey and secretKey."""
+    volume = {
+        "name": "storage-credentials",
+        "secret": {"secretName": secret_name or config.storage_secret, "defaultMode": 0o440},
+    }
+    mount = {"name": "storage-credentials", "mountPath": STORAGE_MOUNT, "readOnly": True}
+    return volume, mount
+
+
+def scratch_volumes() -> tuple[list[dict], list[dict]]:
+    """Writable places on a read-only root filesystem: /tmp, a cache, and /dev/shm for torch."""
+    volumes = [
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "cache", "emptyDir": {}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+    ]
+    mounts = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "cache", "mountPath": "/var/cache/finetune"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    return volumes, mounts
+
+
+def base_env() -> list[dict[str, Any]]:
+    return [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HOME", "value": "/var/cache/finetune/huggingface"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "FINETUNE_TERMINATION_LOG", "value": TERMINATION_LOG},
+    ]
+
+
+def gpu_placement(config: OperatorConfig, gpu_type: str | None, gpus: int) -> dict[str, Any]:
+    """nodeSelector and tolerations of the configured GPU type, plus the standard GPU taint toleration."""
+    out: dict[str, Any] = {}
+    if gpus <= 0:
+        return out
+    tolerations: list[dict[str, Any]] = [{"key": config.gpu_resource, "operator": "Exists", "effect": "NoSchedule"}]
+    if gpu_type and gpu_type in config.gpu_types:
+        placement = config.gpu_types[gpu_type]
+        if placement.node_selector:
+            out["nodeSelector"] = dict(placement.node_selector)
+        tolerations += placement.tolerations
+    out["tolerations"] = tolerations
+    return out
+
+
+def resources(config: OperatorConfig, gpus: int, cpu: str | None, memory: str | None) -> dict[str, Any]:
+    amounts: dict[str, Any] = {"cpu": cpu or config.default_cpu, "memory": memory or config.default_memory}
+    limits = dict(amounts)
+    if gpus > 0:
+        limits[config.gpu_resource] = str(gpus)
+    return {"requests": amounts, "limits": limits}

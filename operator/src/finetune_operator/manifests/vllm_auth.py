@@ -1,0 +1,73 @@
+"""An ASGI middleware that puts every route of the vLLM server behind the endpoint's API key.
+
+vLLM's own ``--api-key`` guards only paths under ``/v1``; ``/tokenize``, ``/invocations``, ``/pooling``
+and the like stay open. The vllm runtime therefore passes no ``--api-key`` and loads this module with
+``--middleware finetune_vllm_auth.RequireApiKey`` instead (the operator mounts this file from the
+endpoint's ConfigMap and puts its folder on ``PYTHONPATH``). Every request needs
+``Authorization: Bearer <key>`` except the kubelet's probes (``/health``) and Prometheus (``/metrics``),
+which carry counts only. The key is read from the file named by ``FINETUNE_API_KEY_FILE`` (a mounted
+Secret), compared in constant time and never logged. Without that variable the API is open.
+
+The module uses the standard library only: it runs inside the vLLM image.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/ping"})
+API_KEY_FILE_ENV = "FINETUNE_API_KEY_FILE"
+
+
+def _read_key() -> bytes | None:
+    path = os.environ.get(API_KEY_FILE_ENV, "")
+    if not path:
+        return None
+    with open(path, "rb") as handle:
+        key = handle.read().strip()
+    if not key:
+        raise RuntimeError(f"{API_KEY_FILE_ENV} names an empty file")
+    return key
+
+
+class RequireApiKey:
+    """``app.add_middleware(RequireApiKey)``: answer 401 to a request without the right bearer token."""
+
+    def __init__(self, app, api_key: bytes | None = None) -> None:
+        self.app = app
+        self.api_key = api_key if api_key is not None else _read_key()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.api_key is None or scope.get("type") not in ("http", "websocket") or scope.get("method") == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        root = scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root) :]
+        if path in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        token = b""
+        for name, value in scope.get("headers") or []:
+            if name.lower() == b"authorization":
+                scheme, _, rest = value.partition(b" ")
+                if scheme.lower() == b"bearer":
+                    token = rest.strip()
+                break
+        if token and hmac.compare_digest(token, self.api_key):
+            await self.app(scope, receive, send)
+            return
+        await _unauthorized(scope, send, provided=bool(token))
+
+
+async def _unauthorized(scope, send, provided: bool) -> None:
+    message = "Incorrect API key provided." if provided else "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}).encode()
+    if scope.get("type") == "websocket":
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+    await send({"type": "http.response.body", "body": body})
