@@ -127,10 +127,14 @@ def poll_progress(namespace: str, name: str, **_: Any) -> None:
     reconcile_finetunejob(namespace, name)
 
 
-@kopf.timer(*FTJ, interval=30, initial_delay=30, when=lambda status, **_: (status or {}).get("phase") == "Pending")
-def retry_pending(namespace: str, name: str, **_: Any) -> None:
-    """Waiting is driven by events (a Dataset's phase, a pod's state); this slow timer is the backstop
-    for what sends none (a Secret created later), without logging the wait as an error."""
+WAITING_PHASES = ("Pending", "Queued", "Suspended")
+
+
+@kopf.timer(*FTJ, interval=30, initial_delay=30, when=lambda status, **_: (status or {}).get("phase") in WAITING_PHASES)
+def resync_waiting(namespace: str, name: str, **_: Any) -> None:
+    """Waiting is driven by events (a Dataset's phase, a pod's state, a spec change); this slow timer is
+    the level-triggered backstop for what sends none (a Secret created later) and for an event a watch
+    reconnect lost, without logging the wait as an error. A reconcile that finds nothing new writes nothing."""
     reconcile_finetunejob(namespace, name)
 
 
