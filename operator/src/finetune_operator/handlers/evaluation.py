@@ -183,6 +183,12 @@ def on_endpoint_phase_for_evaluations(namespace: str, name: str, evaluations_by_
     _wake("InferenceEndpoint", namespace, name, evaluations_by_input)
 
 
+@kopf.on.field("finetune.dev", "v1alpha1", "inferenceendpoints", field="status.models")
+def on_endpoint_models_for_evaluations(namespace: str, name: str, evaluations_by_input: kopf.Index, **_: Any) -> None:
+    """A Ready endpoint began serving another model (an adapter hot-loaded): Evaluations of it start at once."""
+    _wake("InferenceEndpoint", namespace, name, evaluations_by_input)
+
+
 @kopf.on.delete(*EVALUATIONS, optional=True)
 def on_evaluation_deleted(namespace: str, name: str, uid: str, **_: Any) -> None:
     """Children go with the owner (owner references); the results in the object store stay."""

@@ -1,0 +1,475 @@
+"""``make demo``: the whole product on one machine, in a few minutes, on CPU.
+
+It starts what a cluster would have (a Kubernetes API server, an S3 store, a runner in place of the
+nodes) and the operator as it runs in production, makes a tiny base model and a support-ticket dataset,
+applies deploy/examples/demo/ (Dataset, FineTuneJob, InferenceEndpoint, Evaluation) as a user would with
+``kubectl apply``, shows the jobs and the event log as they move, and ends with the base-versus-fine-tuned
+table and a call to the fine-tuned model through the OpenAI-compatible API.
+
+``python -m finetune_local.demo [--keep] [--work-dir DIR]``; ``--keep`` leaves everything running (with
+the kubeconfig and the endpoint's address printed) until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from finetune_local.demo_data import SYSTEM, corpus, examples, write_jsonl
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO_ROOT / "deploy" / "examples" / "demo"
+CRDS = REPO_ROOT / "crds"
+NAMESPACE = "finetune-demo"
+BUCKET = "finetune"
+BASE_MODEL_URI = f"s3://{BUCKET}/models/tiny-support"
+DATA_KEY = "demo/support-tickets.jsonl"
+GROUP, VERSION = "finetune.dev", "v1alpha1"
+PLURALS = {"Dataset": "datasets", "FineTuneJob": "finetunejobs", "InferenceEndpoint": "inferenceendpoints", "Evaluation": "evaluations"}
+NUM_EXAMPLES = 1340
+"""About 1,200 to train on and 130 held out (the Dataset's 10 % validation split)."""
+
+
+class DemoFailed(RuntimeError):
+    pass
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def step(title: str) -> None:
+    say(f"\n=== {title}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class LocalCluster:
+    """What the demo started, and how to stop it again (in reverse order)."""
+
+    work_dir: Path
+    stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+    api: Any = None
+    kubeconfig: Path | None = None
+    store: Any = None
+    runner: Any = None
+    operator: subprocess.Popen | None = None
+    operator_log: Path | None = None
+    metrics_port: int = 0
+
+    def client(self) -> Any:
+        return self.api.api_client()
+
+
+def start_cluster(work_dir: Path) -> LocalCluster:
+    import kubernetes.client
+
+    from finetune_local.kubeapi import KubeApiServer, load_manifests
+    from finetune_local.objectstore import start_object_store
+    from finetune_local.runner import LocalRunner
+
+    cluster = LocalCluster(work_dir=work_dir)
+    try:
+        cluster.api = KubeApiServer().start()
+        cluster.stack.callback(cluster.api.stop)
+        cluster.kubeconfig = cluster.api.write_kubeconfig(work_dir / "kubeconfig", namespace=NAMESPACE)
+        cluster.api.apply([d for d in load_manifests(CRDS) if d.get("kind") == "CustomResourceDefinition"])
+        say(f"Kubernetes API server   {cluster.api.url}  (kubeconfig {cluster.kubeconfig})")
+
+        cluster.store = start_object_store(work_dir / "s3", bucket=BUCKET)
+        cluster.stack.callback(cluster.store.stop)
+        say(f"S3 object store         http://{cluster.store.endpoint}  (SeaweedFS, bucket {BUCKET})")
+
+        with cluster.client() as api:
+            core = kubernetes.client.CoreV1Api(api)
+            core.create_namespace({"metadata": {"name": NAMESPACE}})
+            core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "finetune-storage"},
+                                                      "stringData": {"accessKey": cluster.store.access_key,
+                                                                     "secretKey": cluster.store.secret_key}})
+
+        # The runner plays the nodes: it runs the operator's Jobs and Deployments as local processes, with
+        # this environment's `finetune-trainer` in place of the trainer image.
+        cluster.runner = LocalRunner(cluster.kubeconfig, namespace=NAMESPACE, work_dir=work_dir / "runner",
+                                     grace_period_cap=10, extra_path=[str(Path(sys.executable).parent)])
+        cluster.runner.start()
+        cluster.stack.callback(cluster.runner.stop)
+        say("Runner                  in place of the nodes: Jobs and Deployments run as local processes")
+
+        start_operator(cluster)
+        say(f"Operator                python -m finetune_operator  (metrics http://127.0.0.1:{cluster.metrics_port}/metrics, "
+            f"log {cluster.operator_log})")
+    except BaseException:
+        cluster.stack.close()
+        raise
+    return cluster
+
+
+def start_operator(cluster: LocalCluster) -> None:
+    credentials = cluster.work_dir / "operator-credentials"
+    credentials.mkdir(mode=0o700, exist_ok=True)
+    for name, value in (("accessKey", cluster.store.access_key), ("secretKey", cluster.store.secret_key)):
+        path = credentials / name
+        path.write_text(value)
+        path.chmod(0o600)
+    cluster.metrics_port, health_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
+    env.update({
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "FINETUNE_NAMESPACE": NAMESPACE,
+        "FINETUNE_STORAGE_ENDPOINT": cluster.store.endpoint,
+        "FINETUNE_STORAGE_SECURE": "false",
+        "FINETUNE_STORAGE_BUCKET": BUCKET,
+        "FINETUNE_STORAGE_CREDENTIALS_DIR": str(credentials),
+        "FINETUNE_PROGRESS_INTERVAL_SECONDS": "2",
+        "FINETUNE_LOG_FORMAT": "text",
+        "FINETUNE_METRICS_PORT": str(cluster.metrics_port),
+        "FINETUNE_HEALTH_PORT": str(health_port),
+    })
+    cluster.operator_log = cluster.work_dir / "operator.log"
+    with open(cluster.operator_log, "ab") as log:
+        cluster.operator = subprocess.Popen([sys.executable, "-m", "finetune_operator"], env=env, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+    cluster.stack.callback(stop_process, cluster.operator)
+    deadline = time.monotonic() + 90
+    import urllib.request
+
+    while time.monotonic() < deadline:
+        if cluster.operator.poll() is not None:
+            raise DemoFailed(f"the operator exited with {cluster.operator.returncode}; see {cluster.operator_log}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise DemoFailed(f"the operator did not become live in 90 s; see {cluster.operator_log}")
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(10)
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def object_store_client(cluster: LocalCluster) -> Any:
+    from finetune_trainer.contract import StorageConfig
+    from finetune_trainer.storage import ObjectStore
+
+    return ObjectStore(StorageConfig(endpoint=cluster.store.endpoint, secure=False,
+                                     credentials_dir=str(cluster.work_dir / "operator-credentials")))
+
+
+def prepare_inputs(cluster: LocalCluster) -> Path:
+    """The tiny base model (uploaded) and the ticket file (uploaded where the Dataset points)."""
+    from finetune_trainer.tiny_model import make_tiny_model
+
+    store = object_store_client(cluster)
+    # A real base model knows the language but not the task. The tiny one gets a vocabulary learned from
+    # unlabelled tickets (other tickets than the dataset's) and an init scale its frozen head can use.
+    model = make_tiny_model(cluster.work_dir / "tiny-support", seed=0, init_std=0.2,
+                            tokenizer_corpus=corpus(2000, seed=1), vocab_size=1024)
+    store.upload_artifact(model, BASE_MODEL_URI, kind="model")
+    say(f"Base model              {BASE_MODEL_URI}  (a 2-layer Llama, {parameter_count(model)} parameters, random weights)")
+
+    data = write_jsonl(cluster.work_dir / "support-tickets.jsonl", examples(NUM_EXAMPLES, seed=7))
+    cluster.store.client().fput_object(BUCKET, DATA_KEY, str(data))
+    sample = json.loads(data.read_text().splitlines()[0])["messages"]
+    say(f"Dataset file            s3://{BUCKET}/{DATA_KEY}  ({NUM_EXAMPLES} tickets), e.g.")
+    say(f"                        user: {sample[1]['content']!r}  ->  assistant: {sample[2]['content']!r}")
+    return data
+
+
+def parameter_count(model_dir: Path) -> str:
+    from safetensors.torch import load_file
+
+    return f"{sum(t.numel() for t in load_file(model_dir / 'model.safetensors').values()) / 1e3:.0f}k"
+
+
+def apply_examples(cluster: LocalCluster) -> list[tuple[str, str]]:
+    """``kubectl apply -f deploy/examples/demo/``: create each object (or update it when it exists)."""
+    import kubernetes.client
+
+    applied: list[tuple[str, str]] = []
+    with cluster.client() as api:
+        custom = kubernetes.client.CustomObjectsApi(api)
+        for path in sorted(EXAMPLES.glob("*.yaml")):
+            for doc in yaml.safe_load_all(path.read_text()):
+                if not doc:
+                    continue
+                plural, name = PLURALS[doc["kind"]], doc["metadata"]["name"]
+                try:
+                    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, doc)
+                except kubernetes.client.ApiException as error:
+                    raise DemoFailed(f"{path.name}: the API server refused {doc['kind']} {name}: {error.body}") from None
+                say(f"{doc['kind'].lower()}.{GROUP}/{name} created")
+                applied.append((plural, name))
+    return applied
+
+
+# ------------------------------------------------------------------------------------------- watching
+
+
+def row(kind: str, obj: dict) -> str:
+    """One line as `kubectl get <kind> -w` would print it (with the columns that matter here)."""
+    status = obj.get("status") or {}
+    name = f"{kind}/{obj['metadata']['name']}"
+    phase = status.get("phase") or "-"
+    extra = ""
+    if kind == "finetunejob":
+        progress = status.get("progress") or {}
+        parts = [progress.get("summary") or ""]
+        if progress.get("trainLoss") is not None:
+            parts.append(f"loss {progress['trainLoss']:.3f}")
+        if progress.get("evalLoss") is not None:
+            parts.append(f"eval loss {progress['evalLoss']:.3f}")
+        if progress.get("tokensPerSecond"):
+            parts.append(f"{progress['tokensPerSecond']:.0f} tok/s")
+        if progress.get("etaSeconds") is not None and phase == "Running":
+            parts.append(f"eta {progress['etaSeconds']}s")
+        extra = "  ".join(p for p in parts if p)
+    elif kind == "dataset":
+        if status.get("numSamples"):
+            extra = f"{status['numSamples']} samples ({status.get('trainSamples')} train, {status.get('validationSamples')} validation)"
+    elif kind == "inferenceendpoint":
+        served = [a.get("name") for a in status.get("adapters") or [] if a.get("ready") or a.get("loaded")]
+        models = status.get("servedModels") or status.get("models") or []
+        extra = f"serves {', '.join(models) or '-'}" + (f"  (adapters loaded: {', '.join(served)})" if served else "")
+    elif kind == "evaluation":
+        extra = status.get("headline") or ""
+    return f"{name:<40} {phase:<12} {extra}".rstrip()
+
+
+class Watcher:
+    """Prints a line whenever an object's phase or progress changes, and every new Event."""
+
+    def __init__(self, cluster: LocalCluster, objects: list[tuple[str, str]]):
+        import kubernetes.client
+
+        self.api = cluster.client()
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.objects = objects
+        self.last: dict[tuple[str, str], str] = {}
+        self.seen_events: set[str] = set()
+        self.started = time.monotonic()
+
+    def poll(self) -> dict[tuple[str, str], dict]:
+        current: dict[tuple[str, str], dict] = {}
+        for plural, name in self.objects:
+            obj = self.custom.get_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, name)
+            current[(plural, name)] = obj
+            line = row(plural[:-1], obj)
+            if self.last.get((plural, name)) != line:
+                self.last[(plural, name)] = line
+                say(f"[{time.monotonic() - self.started:5.0f}s] {line}")
+        events = sorted(self.core.list_namespaced_event(NAMESPACE).items,
+                        key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp or 0, e.metadata.name))
+        for event in events:
+            if event.metadata.uid in self.seen_events:
+                continue
+            self.seen_events.add(event.metadata.uid)
+            involved = event.involved_object
+            if involved is None or involved.kind not in PLURALS:
+                continue
+            say(f"[{time.monotonic() - self.started:5.0f}s]   event  {involved.kind}/{involved.name}  {event.type}  "
+                f"{event.reason}: {event.message}")
+        return current
+
+    def until(self, done: Callable[[dict[tuple[str, str], dict]], bool], timeout: float, what: str) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            current = self.poll()
+            failed = [f"{plural[:-1]}/{name}: {(obj.get('status') or {}).get('message')}" for (plural, name), obj in current.items()
+                      if (obj.get("status") or {}).get("phase") in ("Failed", "Invalid", "Cancelled")]
+            if failed:
+                raise DemoFailed("; ".join(failed))
+            if done(current):
+                return current
+            if time.monotonic() > deadline:
+                raise DemoFailed(f"{what} did not happen within {timeout:.0f} s")
+            time.sleep(1)
+
+    def close(self) -> None:
+        self.api.close()
+
+
+def phase_of(current: dict, plural: str, name: str) -> str | None:
+    return (current[(plural, name)].get("status") or {}).get("phase")
+
+
+# ------------------------------------------------------------------------------------------- the end
+
+
+def service_address(cluster: LocalCluster, service: str) -> str:
+    import kubernetes.client
+
+    with cluster.client() as api:
+        svc = kubernetes.client.CoreV1Api(api).read_namespaced_service(service, NAMESPACE)
+    address = (svc.metadata.annotations or {}).get("local.finetune.dev/address")
+    if not address:
+        raise DemoFailed(f"Service {service} has no local address")
+    return address
+
+
+def ask(address: str, api_key: str, model: str, ticket: str) -> str:
+    import openai
+
+    client = openai.OpenAI(base_url=f"http://{address}/v1", api_key=api_key, max_retries=2, timeout=30)
+    answer = client.chat.completions.create(model=model, temperature=0, max_tokens=8, messages=[
+        {"role": "system", "content": SYSTEM}, {"role": "user", "content": ticket}])
+    return answer.choices[0].message.content or ""
+
+
+def print_results(cluster: LocalCluster, evaluation: dict, address: str, api_key: str) -> None:
+    from finetune_operator.cli import format_evaluation
+
+    samples = evaluation["status"].get("samples")
+    step(f"Base model versus fine-tuned, on {samples} held-out tickets  (finetune evaluation show router-vs-base)")
+    say(format_evaluation(evaluation))
+    scores = {(s["model"], s["grader"]): s for s in evaluation["status"].get("scores") or []}
+    base, tuned = scores.get(("base", "exact_match")), scores.get(("fine-tuned", "exact_match"))
+    if not base or not tuned or tuned["mean"] - base["mean"] < 0.5:
+        raise DemoFailed(f"the fine-tuned model is not clearly better than its base: {base} vs {tuned}")
+    passed = next((c for c in evaluation["status"].get("conditions") or [] if c["type"] == "Passed"), {})
+    say(f"Passed: {passed.get('status')} ({passed.get('message', '')})")
+
+    step("Calling the endpoint with the official openai client")
+    for ticket in ("Hello, the courier left my parcel at the wrong door yesterday.",
+                   "My card was charged but the invoice shows nothing. Thanks."):
+        say(f"ticket: {ticket!r}")
+        say(f"  model tiny-support  (base)        -> {ask(address, api_key, 'tiny-support', ticket)!r}")
+        say(f"  model ticket-router (fine-tuned)  -> {ask(address, api_key, 'ticket-router', ticket)!r}")
+
+
+def print_instructions(cluster: LocalCluster, address: str, api_key_file: Path, keep: bool) -> None:
+    kubeconfig = cluster.kubeconfig
+    step("Try it yourself" if keep else "Next steps")
+    if not keep:
+        say("Run `make demo KEEP=1` to keep everything running after the table, then, in another shell:")
+    say(f"""
+  export KUBECONFIG={kubeconfig}
+  kubectl get finetunejobs,datasets,inferenceendpoints,evaluations -n {NAMESPACE}
+  kubectl describe finetunejob ticket-router -n {NAMESPACE}
+  kubectl get events -n {NAMESPACE} --sort-by=.lastTimestamp
+
+  # the OpenAI-compatible API (the key is in {api_key_file})
+  curl -s http://{address}/v1/models -H "Authorization: Bearer $(cat {api_key_file})"
+  curl -s http://{address}/v1/chat/completions -H "Authorization: Bearer $(cat {api_key_file})" \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model": "ticket-router", "messages": [{{"role": "user", "content": "Where is my parcel?"}}], "max_tokens": 8}}'
+
+  python -c 'import openai; c = openai.OpenAI(base_url="http://{address}/v1", api_key=open("{api_key_file}").read().strip());
+             print(c.chat.completions.create(model="ticket-router", max_tokens=8,
+                   messages=[{{"role": "user", "content": "Reset my password please"}}]).choices[0].message.content)'
+
+On a real GPU cluster (docs/install.md):
+  helm install finetune-operator charts/finetune-operator -n finetune-system --create-namespace \\
+       --set storage.endpoint=s3.example.com:443   # and a Secret finetune-storage with accessKey, secretKey
+  finetune dataset create support-tickets --file tickets.jsonl --validation-split 0.1
+  kubectl apply -f deploy/examples/demo/      # with baseModel.uri: hf://... and resources.gpus: 1
+  kubectl get finetunejobs -w
+""".rstrip())
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def run(work_dir: Path, keep: bool = False, timeout: float = 600) -> dict:
+    """The demo; returns the Evaluation (raises DemoFailed when a step does not happen)."""
+    import kubernetes.client
+
+    started = time.monotonic()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    step("Starting a cluster on this machine")
+    cluster = start_cluster(work_dir)
+    with cluster.stack:
+        api_key = secrets.token_hex(24)
+        api_key_file = work_dir / "api-key"
+        api_key_file.write_text(api_key + "\n")
+        api_key_file.chmod(0o600)
+        with cluster.client() as api:
+            kubernetes.client.CoreV1Api(api).create_namespaced_secret(
+                NAMESPACE, {"metadata": {"name": "support-api-key"}, "stringData": {"apiKey": api_key}})
+
+        step("Making the base model and the data")
+        prepare_inputs(cluster)
+
+        step(f"kubectl apply -f deploy/examples/demo/   (namespace {NAMESPACE})")
+        objects = apply_examples(cluster)
+
+        step("Watching (as `kubectl get -w` and `kubectl get events -w` would show it)")
+        watcher = Watcher(cluster, objects)
+        try:
+            remaining = max(60.0, timeout - (time.monotonic() - started))
+            current = watcher.until(lambda c: phase_of(c, "evaluations", "router-vs-base") == "Completed",
+                                    remaining, "the Evaluation's completion")
+        finally:
+            watcher.close()
+        evaluation = current[("evaluations", "router-vs-base")]
+        address = service_address(cluster, "support-server")
+        print_results(cluster, evaluation, address, api_key)
+        print_instructions(cluster, address, api_key_file, keep)
+        say(f"\nThe whole pipeline took {time.monotonic() - started:.0f} s.")
+        if keep:
+            say("\nEverything keeps running; Ctrl-C stops it.")
+            stop = threading.Event()
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            stop.wait()
+        say("Stopping the operator, the runner, the object store and the API server.")
+    return evaluation
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m finetune_local.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".demo", help="where state and logs go (default .demo/)")
+    parser.add_argument("--keep", action="store_true", help="keep everything running after the table, until Ctrl-C")
+    parser.add_argument("--timeout", type=float, default=600, help="seconds before the demo gives up (default 600)")
+    args = parser.parse_args(argv)
+    if args.work_dir.exists():
+        import shutil
+
+        shutil.rmtree(args.work_dir)
+    try:
+        run(args.work_dir, keep=args.keep, timeout=args.timeout)
+    except DemoFailed as error:
+        say(f"\nThe demo failed: {error}\nLogs: {args.work_dir}/operator.log and {args.work_dir}/runner/logs/")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
