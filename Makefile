@@ -30,7 +30,7 @@ tools:
 
 ## demo: the whole pipeline on this machine: dataset, fine-tune, serve, evaluate
 demo: install
-	$(PY) -m finetune_local.demo
+	$(PY) -m finetune_local.demo $(if $(KEEP),--keep)
 
 ## test: every test, as CI runs them
 test: install tools

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ class LocalCluster:
     operator: subprocess.Popen | None = None
     operator_log: Path | None = None
     metrics_port: int = 0
+    api_key: str = ""
 
     def client(self) -> Any:
         return self.api.api_client()
@@ -116,6 +117,7 @@ def start_cluster(work_dir: Path) -> LocalCluster:
                                      grace_period_cap=10, extra_path=[str(Path(sys.executable).parent)])
         cluster.runner.start()
         cluster.stack.callback(cluster.runner.stop)
+        cluster.api.set_log_provider(cluster.runner.pod_log)  # `kubectl logs` reads the runner's logs
         say("Runner                  in place of the nodes: Jobs and Deployments run as local processes")
 
         start_operator(cluster)
@@ -193,8 +195,20 @@ def object_store_client(cluster: LocalCluster) -> Any:
 
 
 def prepare_inputs(cluster: LocalCluster) -> Path:
-    """The tiny base model (uploaded) and the ticket file (uploaded where the Dataset points)."""
+    """The tiny base model (uploaded), the ticket file (uploaded where the Dataset points) and the
+    endpoint's API key (a Secret, and a file only its owner can read)."""
+    import kubernetes.client
+
     from finetune_trainer.tiny_model import make_tiny_model
+
+    cluster.api_key = secrets.token_hex(24)
+    key_file = cluster.work_dir / "api-key"
+    key_file.write_text(cluster.api_key + "\n")
+    key_file.chmod(0o600)
+    with cluster.client() as api:
+        kubernetes.client.CoreV1Api(api).create_namespaced_secret(
+            NAMESPACE, {"metadata": {"name": "support-api-key"}, "stringData": {"apiKey": cluster.api_key}})
+    say(f"API key                 Secret support-api-key (and {key_file})")
 
     store = object_store_client(cluster)
     # A real base model knows the language but not the task. The tiny one gets a vocabulary learned from
@@ -218,24 +232,26 @@ def parameter_count(model_dir: Path) -> str:
     return f"{sum(t.numel() for t in load_file(model_dir / 'model.safetensors').values()) / 1e3:.0f}k"
 
 
-def apply_examples(cluster: LocalCluster) -> list[tuple[str, str]]:
-    """``kubectl apply -f deploy/examples/demo/``: create each object (or update it when it exists)."""
+def example_documents() -> list[tuple[str, dict]]:
+    """(file name, object) of every document in deploy/examples/demo/, in file order."""
+    return [(path.name, doc) for path in sorted(EXAMPLES.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def apply(cluster: LocalCluster, documents: list[tuple[str, dict]]) -> list[tuple[str, str]]:
+    """``kubectl apply -f``: create each object; returns (plural, name) of each."""
     import kubernetes.client
 
     applied: list[tuple[str, str]] = []
     with cluster.client() as api:
         custom = kubernetes.client.CustomObjectsApi(api)
-        for path in sorted(EXAMPLES.glob("*.yaml")):
-            for doc in yaml.safe_load_all(path.read_text()):
-                if not doc:
-                    continue
-                plural, name = PLURALS[doc["kind"]], doc["metadata"]["name"]
-                try:
-                    custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, doc)
-                except kubernetes.client.ApiException as error:
-                    raise DemoFailed(f"{path.name}: the API server refused {doc['kind']} {name}: {error.body}") from None
-                say(f"{doc['kind'].lower()}.{GROUP}/{name} created")
-                applied.append((plural, name))
+        for source, doc in documents:
+            plural, name = PLURALS[doc["kind"]], doc["metadata"]["name"]
+            try:
+                custom.create_namespaced_custom_object(GROUP, VERSION, NAMESPACE, plural, doc)
+            except kubernetes.client.ApiException as error:
+                raise DemoFailed(f"{source}: the API server refused {doc['kind']} {name}: {error.body}") from None
+            say(f"{doc['kind'].lower()}.{GROUP}/{name} created")
+            applied.append((plural, name))
     return applied
 
 
@@ -407,28 +423,28 @@ On a real GPU cluster (docs/install.md):
 # ------------------------------------------------------------------------------------------- main
 
 
-def run(work_dir: Path, keep: bool = False, timeout: float = 600) -> dict:
-    """The demo; returns the Evaluation (raises DemoFailed when a step does not happen)."""
-    import kubernetes.client
+@dataclass
+class DemoResult:
+    """The objects as they ended, and the (stopped) cluster, for the end-to-end tests to inspect."""
 
+    objects: dict[tuple[str, str], dict]
+    cluster: LocalCluster
+    seconds: float
+
+
+def run(work_dir: Path, keep: bool = False, timeout: float = 600) -> DemoResult:
+    """The demo (raises DemoFailed when a step does not happen in time or an object fails)."""
     started = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
     step("Starting a cluster on this machine")
     cluster = start_cluster(work_dir)
     with cluster.stack:
-        api_key = secrets.token_hex(24)
-        api_key_file = work_dir / "api-key"
-        api_key_file.write_text(api_key + "\n")
-        api_key_file.chmod(0o600)
-        with cluster.client() as api:
-            kubernetes.client.CoreV1Api(api).create_namespaced_secret(
-                NAMESPACE, {"metadata": {"name": "support-api-key"}, "stringData": {"apiKey": api_key}})
-
-        step("Making the base model and the data")
+        step("Making the base model, the data and the endpoint's API key")
         prepare_inputs(cluster)
+        api_key, api_key_file = cluster.api_key, work_dir / "api-key"
 
         step(f"kubectl apply -f deploy/examples/demo/   (namespace {NAMESPACE})")
-        objects = apply_examples(cluster)
+        objects = apply(cluster, example_documents())
 
         step("Watching (as `kubectl get -w` and `kubectl get events -w` would show it)")
         watcher = Watcher(cluster, objects)
@@ -450,7 +466,8 @@ def run(work_dir: Path, keep: bool = False, timeout: float = 600) -> dict:
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
             stop.wait()
         say("Stopping the operator, the runner, the object store and the API server.")
-    return evaluation
+        seconds = time.monotonic() - started
+    return DemoResult(objects=current, cluster=cluster, seconds=seconds)
 
 
 def main(argv: list[str] | None = None) -> int:
