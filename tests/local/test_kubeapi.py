@@ -472,6 +472,34 @@ def test_transition_rules_see_the_old_object(widgets: Any, namespace: str) -> No
     assert resized["spec"]["owner"] == "alice"
 
 
+def test_unchanged_values_are_not_validated_again_ratcheting(http: Http, namespace: str) -> None:
+    """As Kubernetes 1.30+ does: a rule added later does not block writes that leave its value as it was
+    (a status update above all), and is enforced as soon as the value changes."""
+    crd = json.loads(json.dumps(WIDGET_CRD))
+    crd["metadata"]["name"] = "ratchets.example.dev"
+    crd["spec"]["names"] = {"plural": "ratchets", "kind": "Ratchet"}
+    spec_schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["x-kubernetes-validations"] = []
+    spec_schema["required"] = []
+    assert http.request("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)[0] == 201
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/ratchets"
+    assert http.request("POST", base, {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Ratchet", "metadata": {"name": "old"},
+                                       "spec": {"size": 50, "maxSize": 100, "color": "red"}})[0] == 201
+
+    status, stored = http.request("GET", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ratchets.example.dev")
+    stored["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"] = [
+        {"rule": "self.size <= 10", "message": "size is at most 10 now"}]
+    assert http.request("PUT", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/ratchets.example.dev", stored)[0] == 200
+
+    merge = "application/merge-patch+json"
+    status, _ = http.request("PATCH", f"{base}/old/status", {"status": {"phase": "Ready"}}, merge)
+    assert status == 200, "the spec did not change: its new rule is not checked"
+    status, error = http.request("PATCH", f"{base}/old", {"spec": {"color": "blue"}}, merge)
+    assert status == 422 and "size is at most 10 now" in error["message"], "the spec changed: its rules apply"
+    status, fixed = http.request("PATCH", f"{base}/old", {"spec": {"size": 5}}, merge)
+    assert status == 200 and fixed["spec"]["size"] == 5
+
+
 def test_a_crd_the_real_server_refuses_is_refused(http: Http) -> None:
     crd = json.loads(json.dumps(WIDGET_CRD))
     crd["metadata"]["name"] = "gadgets.example.dev"

@@ -182,6 +182,10 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
     """Check value against a structural schema node; append messages in the real server's format."""
     if schema is None:
         return
+    if old is not _MISSING and not root and value == old:
+        # Validation ratcheting (Kubernetes 1.30+): an update leaves a value as it was, so it is not
+        # checked again. A status write re-checks neither the spec nor its CEL rules.
+        return
     shown_path = path or "<nil>"
     if value is None:
         if not schema.get("nullable"):

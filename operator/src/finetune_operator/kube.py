@@ -131,6 +131,9 @@ class Kube:
         self.configuration = configuration or load_client_config()
         self.timeout = timeout_seconds
         self._local = threading.local()
+        self._written_lock = threading.Lock()
+        self._status_written: dict[str, str] = {}
+        """uid → resourceVersion of the last status this process wrote."""
 
     @property
     def api(self) -> kubernetes.client.ApiClient:
@@ -211,7 +214,24 @@ class Kube:
             raise kopf.PermanentError(str(e)) from None
 
     def patch_status(self, resource: Resource, namespace: str, name: str, status: dict) -> dict | None:
-        return self.patch(resource, namespace, name, {"status": status}, subresource="status")
+        result = self.patch(resource, namespace, name, {"status": status}, subresource="status")
+        if result is not None:
+            meta = result.get("metadata") or {}
+            with self._written_lock:
+                self._status_written[meta.get("uid", "")] = meta.get("resourceVersion", "")
+        return result
+
+    def wrote_status_since(self, obj: dict) -> bool:
+        """Whether this process has written the object's status since this copy of it was read (a copy
+        whose status this process never touched, or that is the result of its own last write, is current)."""
+        meta = obj.get("metadata") or {}
+        with self._written_lock:
+            written = self._status_written.get(meta.get("uid", ""))
+        return written is not None and written != meta.get("resourceVersion")
+
+    def forget(self, uid: str) -> None:
+        with self._written_lock:
+            self._status_written.pop(uid, None)
 
     def delete(self, resource: Resource, namespace: str | None, name: str, propagation: str = "Background") -> bool:
         try:

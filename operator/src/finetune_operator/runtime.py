@@ -47,3 +47,5 @@ def object_lock(uid: str) -> threading.Lock:
 def forget(uid: str) -> None:
     with _locks_guard:
         _locks.pop(uid, None)
+    if _runtime is not None:
+        _runtime.kube.forget(uid)

@@ -60,9 +60,10 @@ def reconcile_finetunejob(namespace: str, name: str, body: dict | None = None, r
         return None
     uid = fresh["metadata"]["uid"]
     with runtime.object_lock(uid):
-        # Re-read under the lock: another trigger may have just written status, and deciding on the
-        # older copy would repeat its transition (and its Event).
-        fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name)
+        # Another trigger may have just written status: deciding on an older copy would repeat its
+        # transition (and its Event), so read again unless this copy is known to be current.
+        if rt.kube.wrote_status_since(fresh):
+            fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return None
         try:
