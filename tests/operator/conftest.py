@@ -41,19 +41,10 @@ class OperatorProcess:
             [sys.executable, "-m", "finetune_operator"], env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True
         )
         log.close()
-        deadline = time.monotonic() + 60
-        import urllib.request
+        from finetune_local.processes import wait_until_live
 
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError(f"operator did not become live:\n{self.log()[-3000:]}")
+        wait_until_live(self.process, f"http://127.0.0.1:{self.health_port}/healthz", 60, "the operator", lambda: self.log()[-3000:])
+        return self
 
     def kill(self) -> None:
         """SIGKILL: the operator gets no chance to tidy up, as when its node dies."""

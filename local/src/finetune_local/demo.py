@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from finetune_local.demo_data import SYSTEM, corpus, examples, write_jsonl
+from finetune_local.processes import NotLive, wait_until_live
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 EXAMPLES = REPO_ROOT / "deploy" / "examples" / "demo"
@@ -155,19 +156,11 @@ def start_operator(cluster: LocalCluster) -> None:
         cluster.operator = subprocess.Popen([sys.executable, "-m", "finetune_operator"], env=env, stdout=log,
                                             stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
     cluster.stack.callback(stop_process, cluster.operator)
-    deadline = time.monotonic() + 90
-    import urllib.request
-
-    while time.monotonic() < deadline:
-        if cluster.operator.poll() is not None:
-            raise DemoFailed(f"the operator exited with {cluster.operator.returncode}; see {cluster.operator_log}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/healthz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise DemoFailed(f"the operator did not become live in 90 s; see {cluster.operator_log}")
+    try:
+        wait_until_live(cluster.operator, f"http://127.0.0.1:{health_port}/healthz", 90, "the operator",
+                        lambda: cluster.operator_log.read_text(errors="replace")[-3000:])
+    except NotLive as error:
+        raise DemoFailed(str(error)) from None
 
 
 def stop_process(process: subprocess.Popen) -> None:
