@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 
 import pytest
 
@@ -252,6 +253,41 @@ def test_vllm_auth_middleware_guards_every_route_but_health_and_metrics():
     assert call("/invocations", "wrong") == 401
     assert call("/invocations", "sesame") == 200 and call("/v1/models", "sesame") == 200
     assert call("/health") == 200 and call("/metrics") == 200
+
+
+def test_vllm_auth_middleware_takes_a_rotated_key_and_keeps_it_when_the_new_file_is_empty(tmp_path, monkeypatch):
+    from finetune_operator.manifests import vllm_auth
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    key_file = tmp_path / "apiKey"
+    key_file.write_text("first\n")
+    monkeypatch.setenv(vllm_auth.API_KEY_FILE_ENV, str(key_file))
+    monkeypatch.setattr(vllm_auth, "RECHECK_SECONDS", 0.0)
+    guarded = RequireApiKey(app)
+
+    def status(token: str) -> int:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"authorization", f"Bearer {token}".encode())]
+        asyncio.run(guarded({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}, None, send))
+        return sent[0]["status"]
+
+    def swap(text: str) -> None:  # as the kubelet does: a new file in place of the old
+        new = tmp_path / "apiKey.new"
+        new.write_text(text)
+        os.replace(new, key_file)
+
+    assert status("first") == 200 and status("second") == 401
+    swap("second\n")
+    assert status("second") == 200 and status("first") == 401
+    swap("")
+    assert status("second") == 200, "an empty Secret neither opens the API nor locks everyone out"
 
 
 # -- reconcile ------------------------------------------------------------------------------------

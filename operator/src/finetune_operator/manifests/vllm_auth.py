@@ -6,7 +6,9 @@ and the like stay open. The vllm runtime therefore passes no ``--api-key`` and l
 endpoint's ConfigMap and puts its folder on ``PYTHONPATH``). Every request needs
 ``Authorization: Bearer <key>`` except the kubelet's probes (``/health``) and Prometheus (``/metrics``),
 which carry counts only. The key is read from the file named by ``FINETUNE_API_KEY_FILE`` (a mounted
-Secret), compared in constant time and never logged. Without that variable the API is open.
+Secret), compared in constant time and never logged. Without that variable the API is open. The file is
+looked at again at most once a second: a rotated Secret (the kubelet swaps the file) takes effect without
+a restart, and an empty or unreadable new file keeps the key in force.
 
 The module uses the standard library only: it runs inside the vLLM image.
 """
@@ -16,9 +18,11 @@ from __future__ import annotations
 import hmac
 import json
 import os
+import time
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/ping"})
 API_KEY_FILE_ENV = "FINETUNE_API_KEY_FILE"
+RECHECK_SECONDS = 1.0
 
 
 def _read_key() -> bytes | None:
@@ -32,12 +36,41 @@ def _read_key() -> bytes | None:
     return key
 
 
+def _identity(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 class RequireApiKey:
     """``app.add_middleware(RequireApiKey)``: answer 401 to a request without the right bearer token."""
 
     def __init__(self, app, api_key: bytes | None = None) -> None:
         self.app = app
+        self.key_file = "" if api_key is not None else os.environ.get(API_KEY_FILE_ENV, "")
         self.api_key = api_key if api_key is not None else _read_key()
+        self._identity = _identity(self.key_file) if self.key_file else None
+        self._checked = time.monotonic()
+
+    def _refresh(self) -> None:
+        """Take a rotated key; keep the current one when the new file is empty or unreadable."""
+        now = time.monotonic()
+        if not self.key_file or now - self._checked < RECHECK_SECONDS:
+            return
+        self._checked = now
+        identity = _identity(self.key_file)
+        if identity is None or identity == self._identity:
+            return
+        self._identity = identity
+        try:
+            with open(self.key_file, "rb") as handle:
+                key = handle.read().strip()
+        except OSError:
+            return
+        if key:
+            self.api_key = key
 
     async def __call__(self, scope, receive, send) -> None:
         if self.api_key is None or scope.get("type") not in ("http", "websocket") or scope.get("method") == "OPTIONS":
@@ -50,6 +83,7 @@ class RequireApiKey:
         if path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
+        self._refresh()
         token = b""
         for name, value in scope.get("headers") or []:
             if name.lower() == b"authorization":

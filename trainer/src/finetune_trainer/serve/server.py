@@ -12,7 +12,8 @@ SIGTERM (or SIGINT): ``/readyz`` turns 503, the port closes, requests in flight 
 ``--drain-timeout`` seconds), the process exits 0.
 
 The API key comes from ``apiKeyFile`` or the ``FINETUNE_API_KEY`` environment variable; without one
-the API is open (a warning says so at start-up).
+the API is open (a warning says so at start-up). ``apiKeyFile`` is polled like the config file, so a
+rotated Secret takes effect without a restart.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Server:
         )
         self.runner = None
         self.stopping = asyncio.Event()
+        self.key_problem: str | None = None
 
     async def run(self, host: str, port: int, reload_interval: float, drain_timeout: float) -> int:
         from aiohttp import web
@@ -174,8 +176,8 @@ class Server:
             if loader.done() and loader.result() is not None:
                 exit_code = loader.result()
             elif not self.stopping.is_set():
-                if self.config_path is not None:
-                    watcher = asyncio.create_task(self._watch_config(reload_interval))
+                if self.config_path is not None or self.config.api_key_file:
+                    watcher = asyncio.create_task(self._watch_files(reload_interval))
                 await self.stopping.wait()
             else:
                 loader.cancel()
@@ -244,30 +246,55 @@ class Server:
         log.info("ready: %s", ", ".join(f"{a['name']} {a['status']}" for a in registry.describe()) or "no adapters")
         return None
 
-    async def _watch_config(self, interval: float) -> None:
-        """Reload the adapters when the config file's content changes."""
-        assert self.config_path is not None
+    async def _watch_files(self, interval: float) -> None:
+        """Every ``interval`` seconds: reload the adapters when the config file's content changes, and
+        take a new API key when the key file's does (a rotated Secret: no restart, no dropped request)."""
         while True:
             await asyncio.sleep(interval)
-            try:
-                raw = await asyncio.to_thread(self.config_path.read_bytes)
-            except OSError as e:
-                self._config_problem(f"cannot read {self.config_path}: {e.strerror}")
-                continue
-            digest = hashlib.sha256(raw).hexdigest()
-            if digest == self.config_digest:
-                continue
-            self.config_digest = digest
-            try:
-                config = ServeConfig.model_validate_json(raw)
-            except ValidationError as e:
-                self._config_problem(f"{self.config_path} is not a valid serve config: {_first_error(e)}")
-                continue
-            self.state.config_error = None
-            log.info("config file changed: %d adapter(s) listed", len(config.adapters))
-            _warn_unreloadable(self.config, config)
-            self.config = config
-            self.state.adapters.reconcile(config.adapters)
+            if self.config_path is not None:
+                await self._reload_config()
+            if self.config.api_key_file:
+                await self._reload_api_key(Path(self.config.api_key_file))
+
+    async def _reload_config(self) -> None:
+        assert self.config_path is not None
+        try:
+            raw = await asyncio.to_thread(self.config_path.read_bytes)
+        except OSError as e:
+            self._config_problem(f"cannot read {self.config_path}: {e.strerror}")
+            return
+        digest = hashlib.sha256(raw).hexdigest()
+        if digest == self.config_digest:
+            return
+        self.config_digest = digest
+        try:
+            config = ServeConfig.model_validate_json(raw)
+        except ValidationError as e:
+            self._config_problem(f"{self.config_path} is not a valid serve config: {_first_error(e)}")
+            return
+        self.state.config_error = None
+        log.info("config file changed: %d adapter(s) listed", len(config.adapters))
+        _warn_unreloadable(self.config, config)
+        self.config = config
+        self.state.adapters.reconcile(config.adapters)
+
+    async def _reload_api_key(self, path: Path) -> None:
+        """The key is never logged; an unreadable or empty file keeps the current key (a rotation is
+        written as a new file swapped in, so a half-written key is never seen)."""
+        try:
+            key = (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+        except OSError as e:
+            problem = f"cannot read apiKeyFile {path}: {e.strerror}; keeping the current key"
+        else:
+            if key and key != self.state.api_key:
+                self.state.api_key = key
+                self.key_problem = None
+                log.info("apiKeyFile %s changed: requests now need the new key", path)
+                return
+            problem = f"apiKeyFile {path} is empty; keeping the current key" if not key else None
+        if problem and problem != self.key_problem:
+            log.error("%s", problem)
+        self.key_problem = problem
 
     def _config_problem(self, message: str) -> None:
         if self.state.config_error != message:
