@@ -251,7 +251,8 @@ def resources_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
             singular=names.get("singular") or kind.lower(), kind=kind, namespaced=scope == "Namespaced",
             short_names=list(names.get("shortNames") or []), categories=list(names.get("categories") or []),
             has_status="status" in subresources, has_generation=True,
-            printer_columns=columns + [_age()],
+            # As the real server (serveDefaultColumnsIfEmpty): Age only when the CRD declares no columns.
+            printer_columns=columns or [_age()],
             schema=(version.get("schema") or {}).get("openAPIV3Schema"), custom=True,
             extra_subresources=("scale",) if "scale" in subresources else (),
             served_versions=served,
