@@ -273,8 +273,8 @@ def row(kind: str, obj: dict) -> str:
         if status.get("numSamples"):
             extra = f"{status['numSamples']} samples ({status.get('trainSamples')} train, {status.get('validationSamples')} validation)"
     elif kind == "inferenceendpoint":
-        served = [a.get("name") for a in status.get("adapters") or [] if a.get("ready") or a.get("loaded")]
-        models = status.get("servedModels") or status.get("models") or []
+        served = [a.get("name") for a in status.get("adapters") or [] if a.get("ready")]
+        models = status.get("models") or []
         extra = f"serves {', '.join(models) or '-'}" + (f"  (adapters loaded: {', '.join(served)})" if served else "")
     elif kind == "evaluation":
         extra = status.get("headline") or ""
@@ -305,7 +305,7 @@ class Watcher:
                 self.last[(plural, name)] = line
                 say(f"[{time.monotonic() - self.started:5.0f}s] {line}")
         events = sorted(self.core.list_namespaced_event(NAMESPACE).items,
-                        key=lambda e: (e.last_timestamp or e.event_time or e.metadata.creation_timestamp or 0, e.metadata.name))
+                        key=lambda e: (str(e.last_timestamp or e.event_time or e.metadata.creation_timestamp or ""), e.metadata.name))
         for event in events:
             if event.metadata.uid in self.seen_events:
                 continue
@@ -397,12 +397,19 @@ def print_instructions(cluster: LocalCluster, address: str, api_key_file: Path, 
   # the OpenAI-compatible API (the key is in {api_key_file})
   curl -s http://{address}/v1/models -H "Authorization: Bearer $(cat {api_key_file})"
   curl -s http://{address}/v1/chat/completions -H "Authorization: Bearer $(cat {api_key_file})" \\
-       -H 'Content-Type: application/json' \\
-       -d '{{"model": "ticket-router", "messages": [{{"role": "user", "content": "Where is my parcel?"}}], "max_tokens": 8}}'
+       -H 'Content-Type: application/json' -d '{{"model": "ticket-router", "temperature": 0, "max_tokens": 8, "messages": [
+         {{"role": "system", "content": "{SYSTEM}"}},
+         {{"role": "user", "content": "Hey team, the package came damaged yesterday."}}]}}'
 
-  python -c 'import openai; c = openai.OpenAI(base_url="http://{address}/v1", api_key=open("{api_key_file}").read().strip());
-             print(c.chat.completions.create(model="ticket-router", max_tokens=8,
-                   messages=[{{"role": "user", "content": "Reset my password please"}}]).choices[0].message.content)'
+# the official openai client
+python - <<'PY'
+import openai
+client = openai.OpenAI(base_url="http://{address}/v1", api_key=open("{api_key_file}").read().strip())
+answer = client.chat.completions.create(model="ticket-router", temperature=0, max_tokens=8, messages=[
+    {{"role": "system", "content": "{SYSTEM}"}},
+    {{"role": "user", "content": "Hello, reset my password this morning. Thanks."}}])
+print(answer.choices[0].message.content)
+PY
 
 On a real GPU cluster (docs/install.md):
   helm install finetune-operator charts/finetune-operator -n finetune-system --create-namespace \\
