@@ -4,19 +4,19 @@ ends in the same level-triggered ``reconcile_dataset``; deletion waits while a F
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import kopf
+from finetune_trainer import contract
 from pydantic import ValidationError
 
 from finetune_operator import kube as k
 from finetune_operator import metrics, runtime
 from finetune_operator.api.dataset import KIND
 from finetune_operator.api.finetunejob import TERMINAL_PHASES
+from finetune_operator.handlers import common
 from finetune_operator.manifests.validation_job import build_validation_children
 from finetune_operator.reconcile import dataset as rec
-from finetune_trainer import contract
 
 logger = logging.getLogger(__name__)
 
@@ -58,59 +58,31 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def _status_changed(current: dict, new: dict) -> bool:
-    return any(current.get(key) != value for key, value in new.items())
-
-
 def reconcile_dataset(namespace: str, name: str, body: dict | None = None, retry_failed: bool = False) -> rec.Plan | None:
     """Read, decide, act, write status. Serialised per object."""
-    rt = runtime.get()
-    started = time.monotonic()
-    fresh = rt.kube.get(k.DATASETS, namespace, name) if body is None else body
-    if fresh is None:
-        return None
-    uid = fresh["metadata"]["uid"]
-    with runtime.object_lock(uid):
-        # Re-read under the lock: another trigger may have just written status.
-        fresh = rt.kube.get(k.DATASETS, namespace, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return None
-        try:
-            plan = rec.reconcile(
-                name=name,
-                namespace=namespace,
-                uid=uid,
-                generation=fresh["metadata"].get("generation"),
-                raw_spec=fresh.get("spec", {}),
-                status=fresh.get("status"),
-                observed=_observe(fresh, rt),
-                config=rt.config,
-                build_children=lambda spec: build_validation_children(fresh, spec, rt.config),
-                retry_failed=retry_failed,
-            )
-            for child in plan.create:
-                rt.kube.create(child)
-            for job in plan.delete_jobs:
-                rt.kube.delete(k.JOBS, namespace, job)
-            if _status_changed(fresh.get("status") or {}, plan.status):
-                rt.kube.patch_status(k.DATASETS, namespace, name, plan.status)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
-    _report(fresh, plan)
-    return plan
 
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
+        return rec.reconcile(
+            name=name,
+            namespace=namespace,
+            uid=fresh["metadata"]["uid"],
+            generation=fresh["metadata"].get("generation"),
+            raw_spec=fresh.get("spec", {}),
+            status=fresh.get("status"),
+            observed=_observe(fresh, rt),
+            config=rt.config,
+            build_children=lambda spec: build_validation_children(fresh, spec, rt.config),
+            retry_failed=retry_failed,
+        )
 
-def _report(body: dict, plan: rec.Plan) -> None:
-    meta = body["metadata"]
-    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
-    if plan.old_phase != plan.new_phase:
-        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
-        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+        for child in plan.create:
+            rt.kube.create(child)
+        for job in plan.delete_jobs:
+            rt.kube.delete(k.JOBS, namespace, job)
+
+    done = common.reconcile_object(KIND, k.DATASETS, namespace, name, body, decide, act)
+    return done[1] if done else None
 
 
 @kopf.on.resume(*DATASETS)

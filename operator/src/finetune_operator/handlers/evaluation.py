@@ -5,18 +5,18 @@ InferenceEndpoints it waits for, a timer for progress) ends in the same level-tr
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import kopf
+from finetune_trainer import contract
 from pydantic import ValidationError
 
 from finetune_operator import kube as k
 from finetune_operator import metrics, runtime
 from finetune_operator.api.evaluation import KIND
+from finetune_operator.handlers import common
 from finetune_operator.manifests.evaluation_job import build_evaluation_children
 from finetune_operator.reconcile import evaluation as rec
-from finetune_trainer import contract
 
 logger = logging.getLogger(__name__)
 
@@ -68,56 +68,28 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def _status_changed(current: dict, new: dict) -> bool:
-    return any(current.get(key) != value for key, value in new.items())
-
-
 def reconcile_evaluation(namespace: str, name: str, body: dict | None = None) -> rec.Plan | None:
     """Read, decide, act, write status. Serialised per object."""
-    rt = runtime.get()
-    started = time.monotonic()
-    fresh = rt.kube.get(k.EVALUATIONS, namespace, name) if body is None else body
-    if fresh is None:
-        return None
-    uid = fresh["metadata"]["uid"]
-    with runtime.object_lock(uid):
-        # Re-read under the lock: another trigger may have just written status.
-        fresh = rt.kube.get(k.EVALUATIONS, namespace, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return None
-        try:
-            plan = rec.reconcile(
-                name=name,
-                namespace=namespace,
-                uid=uid,
-                generation=fresh["metadata"].get("generation"),
-                raw_spec=fresh.get("spec", {}),
-                status=fresh.get("status"),
-                observed=_observe(fresh, rt),
-                config=rt.config,
-                build_children=lambda spec, inputs: build_evaluation_children(fresh, spec, inputs, rt.config),
-            )
-            for child in plan.create:
-                rt.kube.create(child)
-            if _status_changed(fresh.get("status") or {}, plan.status):
-                rt.kube.patch_status(k.EVALUATIONS, namespace, name, plan.status)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
-    _report(fresh, plan)
-    return plan
 
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
+        return rec.reconcile(
+            name=name,
+            namespace=namespace,
+            uid=fresh["metadata"]["uid"],
+            generation=fresh["metadata"].get("generation"),
+            raw_spec=fresh.get("spec", {}),
+            status=fresh.get("status"),
+            observed=_observe(fresh, rt),
+            config=rt.config,
+            build_children=lambda spec, inputs: build_evaluation_children(fresh, spec, inputs, rt.config),
+        )
 
-def _report(body: dict, plan: rec.Plan) -> None:
-    meta = body["metadata"]
-    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
-    if plan.old_phase != plan.new_phase:
-        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
-        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+        for child in plan.create:
+            rt.kube.create(child)
+
+    done = common.reconcile_object(KIND, k.EVALUATIONS, namespace, name, body, decide, act)
+    return done[1] if done else None
 
 
 @kopf.on.resume(*EVALUATIONS)

@@ -4,7 +4,6 @@ for progress) ends in the same level-triggered ``reconcile_finetunejob``."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import kopf
@@ -13,6 +12,7 @@ from finetune_operator import kube as k
 from finetune_operator import metrics, runtime
 from finetune_operator.api.finetunejob import KIND, TERMINAL_PHASES
 from finetune_operator.config import OperatorConfig
+from finetune_operator.handlers import common
 from finetune_operator.manifests.trainer_job import build_trainer_children
 from finetune_operator.reconcile import finetunejob as rec
 
@@ -47,71 +47,44 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def _status_changed(current: dict, new: dict) -> bool:
-    return any(current.get(key) != value for key, value in new.items())
-
-
 def reconcile_finetunejob(namespace: str, name: str, body: dict | None = None, raise_retry: bool = False) -> rec.Plan | None:
     """Read, decide, act, write status. Serialised per object."""
-    rt = runtime.get()
-    started = time.monotonic()
-    fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name) if body is None else body
-    if fresh is None:
+
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
+        plan = rec.reconcile(
+            name=name,
+            namespace=namespace,
+            uid=fresh["metadata"]["uid"],
+            generation=fresh["metadata"].get("generation"),
+            raw_spec=fresh.get("spec", {}),
+            status=fresh.get("status"),
+            observed=_observe(fresh, rt),
+            config=rt.config,
+            build_children=lambda spec, inputs: build_trainer_children(fresh, spec, inputs, rt.config),
+        )
+        if plan.new_phase != "Queued" and (fresh.get("status") or {}).get("queue"):
+            plan.status["queue"] = None
+        return plan
+
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+        for child in plan.create:
+            rt.kube.create(child)
+        if plan.job_patch:
+            rt.kube.patch(k.JOBS, namespace, rec.job_name(name), plan.job_patch)
+        if plan.delete_job:
+            rt.kube.delete(k.JOBS, namespace, rec.job_name(name))
+
+    done = common.reconcile_object(KIND, k.FINETUNEJOBS, namespace, name, body, decide, act)
+    if done is None:
         return None
-    uid = fresh["metadata"]["uid"]
-    with runtime.object_lock(uid):
-        # Another trigger may have just written status: deciding on an older copy would repeat its
-        # transition (and its Event), so read again unless this copy is known to be current.
-        if rt.kube.wrote_status_since(fresh):
-            fresh = rt.kube.get(k.FINETUNEJOBS, namespace, name)
-        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
-            return None
-        try:
-            plan = rec.reconcile(
-                name=name,
-                namespace=namespace,
-                uid=uid,
-                generation=fresh["metadata"].get("generation"),
-                raw_spec=fresh.get("spec", {}),
-                status=fresh.get("status"),
-                observed=_observe(fresh, rt),
-                config=rt.config,
-                build_children=lambda spec, inputs: build_trainer_children(fresh, spec, inputs, rt.config),
-            )
-            for child in plan.create:
-                rt.kube.create(child)
-            if plan.job_patch:
-                rt.kube.patch(k.JOBS, namespace, rec.job_name(name), plan.job_patch)
-            if plan.delete_job:
-                rt.kube.delete(k.JOBS, namespace, rec.job_name(name))
-            current = fresh.get("status") or {}
-            if plan.new_phase != "Queued" and current.get("queue"):
-                plan.status["queue"] = None
-            if _status_changed(current, plan.status):
-                rt.kube.patch_status(k.FINETUNEJOBS, namespace, name, plan.status)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
-    _report(fresh, plan)
+    fresh, plan = done
+    if plan.new_phase == "Running" and plan.old_phase in ("Queued", "Pending", None):
+        waited = rec.queue_wait_seconds(fresh.get("status") or {})
+        if waited is not None:
+            metrics.QUEUE_WAIT.observe(waited)
     if raise_retry and plan.retry_after:
         raise kopf.TemporaryError(plan.status.get("message") or "waiting", delay=plan.retry_after)
     return plan
-
-
-def _report(body: dict, plan: rec.Plan) -> None:
-    meta = body["metadata"]
-    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
-    if plan.old_phase != plan.new_phase:
-        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
-        if plan.new_phase == "Running" and plan.old_phase in ("Queued", "Pending", None):
-            waited = rec.queue_wait_seconds(body.get("status") or {})
-            if waited is not None:
-                metrics.QUEUE_WAIT.observe(waited)
-        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.resume(*FTJ)

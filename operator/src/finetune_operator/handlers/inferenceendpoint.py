@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 import urllib.error
 import urllib.request
 from typing import Any
@@ -16,7 +15,13 @@ import kopf
 from finetune_operator import kube as k
 from finetune_operator import metrics, runtime
 from finetune_operator.api.inferenceendpoint import KIND
-from finetune_operator.manifests.server import PORT, build_server_children, child_name, selector_labels
+from finetune_operator.handlers import common
+from finetune_operator.manifests.server import (
+    PORT,
+    build_server_children,
+    child_name,
+    selector_labels,
+)
 from finetune_operator.reconcile import inferenceendpoint as rec
 
 logger = logging.getLogger(__name__)
@@ -71,10 +76,6 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def _status_changed(current: dict, new: dict) -> bool:
-    return any(current.get(key) != value for key, value in new.items())
-
-
 def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
     """Create each child that is missing, patch each that differs, delete what must go."""
     for child in plan.apply:
@@ -96,50 +97,30 @@ def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
 
 def reconcile_inferenceendpoint(namespace: str, name: str, body: dict | None = None) -> rec.Plan | None:
     """Read, decide, act, write status. Serialised per object."""
-    rt = runtime.get()
-    started = time.monotonic()
-    first = rt.kube.get(k.INFERENCEENDPOINTS, namespace, name) if body is None else body
-    if first is None:
+
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
+        return rec.reconcile(
+            name=name,
+            namespace=namespace,
+            generation=fresh["metadata"].get("generation"),
+            raw_spec=fresh.get("spec", {}),
+            status=fresh.get("status"),
+            observed=_observe(fresh, rt),
+            config=rt.config,
+            build_children=lambda spec, adapters: build_server_children(fresh, spec, adapters, rt.config),
+        )
+
+    done = common.reconcile_object(KIND, k.INFERENCEENDPOINTS, namespace, name, body, decide,
+                                   lambda fresh, rt, plan: _apply(rt, namespace, plan))
+    if done is None:
         return None
-    uid = first["metadata"]["uid"]
-    with runtime.object_lock(uid):
-        # Re-read under the lock: another trigger may have just written status.
-        fresh = rt.kube.get(k.INFERENCEENDPOINTS, namespace, name)
-        if fresh is None:
-            return None
-        if fresh["metadata"].get("deletionTimestamp"):
-            return None
-        try:
-            plan = rec.reconcile(
-                name=name,
-                namespace=namespace,
-                generation=fresh["metadata"].get("generation"),
-                raw_spec=fresh.get("spec", {}),
-                status=fresh.get("status"),
-                observed=_observe(fresh, rt),
-                config=rt.config,
-                build_children=lambda spec, adapters: build_server_children(fresh, spec, adapters, rt.config),
-            )
-            _apply(rt, namespace, plan)
-            if _status_changed(fresh.get("status") or {}, plan.status):
-                rt.kube.patch_status(k.INFERENCEENDPOINTS, namespace, name, plan.status)
-        except Exception:
-            metrics.RECONCILE_ERRORS.labels(kind=KIND).inc()
-            raise
-        finally:
-            metrics.RECONCILE_DURATION.labels(kind=KIND).observe(time.monotonic() - started)
-    _report(fresh, plan)
+    fresh, plan = done
+    _report_adapters(fresh, plan)
     return plan
 
 
-def _report(body: dict, plan: rec.Plan) -> None:
-    meta = body["metadata"]
-    metrics.PHASES.set(KIND, meta["namespace"], meta["name"], plan.new_phase)
-    if plan.old_phase != plan.new_phase:
-        metrics.PHASE_TRANSITIONS.labels(kind=KIND, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
-        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+def _report_adapters(body: dict, plan: rec.Plan) -> None:
+    """An Event when an adapter becomes served, or fails to load."""
     old = {a.get("name"): a for a in ((body.get("status") or {}).get("adapters") or [])}
     for adapter in plan.status.get("adapters") or []:
         before = old.get(adapter["name"]) or {}

@@ -1,0 +1,80 @@
+"""The one shape every kind's reconcile has: read, lock, decide, act, write status, report.
+
+Each kind supplies ``decide`` (read what it observes and return its reconciler's plan) and ``act``
+(create, patch or delete children); this module does the rest the same way for all four: the
+per-object lock, reading again under it only when this process wrote the status since the copy it
+holds, writing status only when it changed, the metrics, the transition log line and the Events.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import kopf
+
+from finetune_operator import kube as k
+from finetune_operator import metrics, runtime
+
+logger = logging.getLogger("finetune_operator.handlers")
+
+
+class Plan(Protocol):
+    status: dict[str, Any]
+    events: list[Any]
+    old_phase: str | None
+    new_phase: str
+
+
+def status_changed(current: dict, new: dict) -> bool:
+    return any(current.get(key) != value for key, value in new.items())
+
+
+def reconcile_object(
+    kind: str,
+    resource: k.Resource,
+    namespace: str,
+    name: str,
+    body: dict | None,
+    decide: Callable[[dict, runtime.Runtime], Plan],
+    act: Callable[[dict, runtime.Runtime, Plan], None],
+) -> tuple[dict, Plan] | None:
+    """Serialised per object. Returns the object as read and the plan carried out (None: it is gone or
+    being deleted)."""
+    rt = runtime.get()
+    started = time.monotonic()
+    fresh = rt.kube.get(resource, namespace, name) if body is None else body
+    if fresh is None:
+        return None
+    with runtime.object_lock(fresh["metadata"]["uid"]):
+        # Another trigger may have just written status: deciding on an older copy would repeat its
+        # transition (and its Event), so read again unless this copy is known to be current.
+        if rt.kube.wrote_status_since(fresh):
+            fresh = rt.kube.get(resource, namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return None
+        try:
+            plan = decide(fresh, rt)
+            act(fresh, rt, plan)
+            if status_changed(fresh.get("status") or {}, plan.status):
+                rt.kube.patch_status(resource, namespace, name, plan.status)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(kind=kind).observe(time.monotonic() - started)
+    report(kind, fresh, plan)
+    return fresh, plan
+
+
+def report(kind: str, body: dict, plan: Plan) -> None:
+    """The phase gauge, a transition counter and log line when the phase moved, and the plan's Events."""
+    meta = body["metadata"]
+    metrics.PHASES.set(kind, meta["namespace"], meta["name"], plan.new_phase)
+    if plan.old_phase != plan.new_phase:
+        metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
+        logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
+    for event in plan.events:
+        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
