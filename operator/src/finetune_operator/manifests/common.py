@@ -45,6 +45,30 @@ def container_security_context() -> dict[str, Any]:
     }
 
 
+def job_container(fields: dict[str, Any]) -> dict[str, Any]:
+    """A Job's container: the given fields plus the restricted security context and the termination
+    message the operator reads the trainer's last word from."""
+    return {
+        **fields,
+        "securityContext": container_security_context(),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def job_pod_spec(container: dict[str, Any], volumes: list[dict], **fields: Any) -> dict[str, Any]:
+    """A Job's pod: never restarted in place (the Job retries), no API token, no Service env, restricted."""
+    return {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security_context(),
+        "containers": [container],
+        "volumes": volumes,
+        **fields,
+    }
+
+
 def storage_volume(config: OperatorConfig, secret_name: str | None = None) -> tuple[dict, dict]:
     """The object store credentials Secret, mounted read-only as files accessKey and secretKey."""
     volume = {

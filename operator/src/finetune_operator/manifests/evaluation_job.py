@@ -7,7 +7,6 @@ endpoint's (or judge's) API key, a Hugging Face token for an hf:// base model.
 
 from __future__ import annotations
 
-from typing import Any
 
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import EvaluationSpec
@@ -145,28 +144,17 @@ def build_evaluation_job(
         volumes.append({"name": f"model-pvc-{i}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": f"model-pvc-{i}", "mountPath": f"{config.pvc_mount_root}/{claim}", "readOnly": True})
     resources = spec.resources
-    container = {
+    container = common.job_container({
         "name": CONTAINER,
         "image": config.trainer_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["finetune-trainer", "evaluate", "--config", CONFIG_FILE],
         "env": env,
         "resources": common.resources(config, resources.gpus, resources.cpu, resources.memory),
-        "securityContext": common.container_security_context(),
         "volumeMounts": mounts,
-        "terminationMessagePath": common.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": common.pod_security_context(),
-        "terminationGracePeriodSeconds": 30,
-        "containers": [container],
-        "volumes": volumes,
-        **common.gpu_placement(config, resources.gpu_type, resources.gpus),
-    }
+    })
+    pod_spec = common.job_pod_spec(container, volumes, terminationGracePeriodSeconds=30,
+                                   **common.gpu_placement(config, resources.gpu_type, resources.gpus))
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -147,7 +147,7 @@ def build_trainer_job(
         claim = spec.base_model.uri[len("pvc://") :].split("/", 1)[0]
         volumes.append({"name": "base-model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
         mounts.append({"name": "base-model-pvc", "mountPath": f"{config.pvc_mount_root}/{claim}", "readOnly": True})
-    container = {
+    container = common.job_container({
         "name": CONTAINER,
         "image": config.trainer_image,
         "imagePullPolicy": config.image_pull_policy,
@@ -155,21 +155,10 @@ def build_trainer_job(
         "env": common.base_env() + extra_env,
         "resources": common.resources(config, spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
-        "securityContext": common.container_security_context(),
         "volumeMounts": mounts,
-        "terminationMessagePath": common.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": common.pod_security_context(),
-        "terminationGracePeriodSeconds": config.termination_grace_seconds,
-        "containers": [container],
-        "volumes": volumes,
-        **common.gpu_placement(config, spec.resources.gpu_type, spec.resources.gpus),
-    }
+    })
+    pod_spec = common.job_pod_spec(container, volumes, terminationGracePeriodSeconds=config.termination_grace_seconds,
+                                   **common.gpu_placement(config, spec.resources.gpu_type, spec.resources.gpus))
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
     if spec.num_nodes > 1:

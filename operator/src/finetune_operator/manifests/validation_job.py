@@ -104,26 +104,16 @@ def _volumes(child: str, spec: DatasetSpec, config: OperatorConfig) -> tuple[lis
 
 def build_validation_job(owner_ref: dict, child: str, namespace: str, spec: DatasetSpec, config: OperatorConfig, labels: dict[str, str]) -> dict:
     volumes, mounts = _volumes(child, spec, config)
-    container = {
+    container = common.job_container({
         "name": CONTAINER,
         "image": config.trainer_image,
         "imagePullPolicy": config.image_pull_policy,
         "command": ["finetune-trainer", "validate", "--config", CONFIG_FILE],
         "env": common.base_env(),
         "resources": RESOURCES,
-        "securityContext": common.container_security_context(),
         "volumeMounts": mounts,
-        "terminationMessagePath": common.TERMINATION_LOG,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    }
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "enableServiceLinks": False,
-        "securityContext": common.pod_security_context(),
-        "containers": [container],
-        "volumes": volumes,
-    }
+    })
+    pod_spec = common.job_pod_spec(container, volumes)
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
