@@ -587,7 +587,10 @@ def test_built_in_kinds_keep_their_own_rules(http: Http, namespace: str) -> None
 
     pod_status, pod = http.request("POST", f"/api/v1/namespaces/{namespace}/pods",
                                    {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "c"}]}})
-    assert pod_status == 201 and pod["status"] == {"phase": "Pending"}
+    assert pod_status == 201 and pod["status"] == {"phase": "Pending", "qosClass": "BestEffort"}
+    status, error = http.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/p/status",
+                                 {"status": {"qosClass": "Guaranteed"}}, "application/merge-patch+json")
+    assert status == 422 and 'status.qosClass: Invalid value: "Guaranteed": field is immutable' in error["message"]
     assert pod["spec"]["serviceAccountName"] == "default" and pod["spec"]["restartPolicy"] == "Always"
     _, conditions = http.request("PATCH", f"/api/v1/namespaces/{namespace}/pods/p/status",
                                  {"status": {"conditions": [{"type": "Ready", "status": "False"},

@@ -108,6 +108,19 @@ class Cluster:
         self.batch.create_namespaced_job(self.namespace, body)
 
 
+
+@pytest.fixture
+def kube_api(local_kube_api: Any) -> Any:
+    """The runner's own Job and Deployment controllers are tested on the project's API server (against a real
+    control plane, whose controllers do that work, the runner's kubelet mode is tested in test_kubelet_mode.py)."""
+    return local_kube_api
+
+
+@pytest.fixture
+def namespace(local_namespace: str) -> str:
+    return local_namespace
+
+
 @pytest.fixture
 def cluster(kube_api: Any, namespace: str) -> Iterator[Cluster]:
     with kube_api.client() as api_client:
@@ -472,7 +485,7 @@ def test_an_indexed_job_under_a_headless_service_reaches_its_peer_by_hostname(cl
     )
 
     cluster.wait_job_condition("ranks", "Complete")
-    assert cluster.job("ranks").status.completed_indexes == "0-1"
+    assert cluster.job("ranks").status.completed_indexes == "0,1"  # as the real Job controller writes it
     pods = sorted(cluster.job_pods("ranks"), key=lambda p: p.metadata.annotations["batch.kubernetes.io/job-completion-index"])
     reports = [json.loads(p.status.container_statuses[0].state.terminated.message) for p in pods]
     rank0_ip = pods[0].status.pod_ip
@@ -625,3 +638,11 @@ def test_pods_of_a_stopped_runner_are_disrupted_and_their_job_retries_without_co
     assert cluster.job("survivor").status.failed in (None, 0)
     for local_runner in runners:
         assert process_groups_alive(local_runner.started_process_groups) == []
+
+
+def test_completed_indexes_are_written_as_the_job_controller_writes_them() -> None:
+    from finetune_local.runner_jobs import compress_indexes
+
+    assert compress_indexes({0}) == "0"
+    assert compress_indexes({0, 1}) == "0,1"
+    assert compress_indexes({0, 1, 2, 4, 6, 7, 9, 10, 11, 12}) == "0-2,4,6,7,9-12"

@@ -28,6 +28,19 @@ def wait_for(what: str, probe, timeout: float = WAIT_SECONDS) -> Any:
         time.sleep(0.1)
 
 
+
+@pytest.fixture
+def kube_api(local_kube_api: Any) -> Any:
+    """The runner's own Job and Deployment controllers are tested on the project's API server (against a real
+    control plane, whose controllers do that work, the runner's kubelet mode is tested in test_kubelet_mode.py)."""
+    return local_kube_api
+
+
+@pytest.fixture
+def namespace(local_namespace: str) -> str:
+    return local_namespace
+
+
 @pytest.fixture
 def runner(kube_api: Any, namespace: str, tmp_path: Path) -> Iterator[LocalRunner]:
     local_runner = LocalRunner(kube_api.kubeconfig, namespace=namespace, work_dir=tmp_path / "runner", grace_period_cap=5)

@@ -97,7 +97,7 @@ def operator_env(kube_api, object_store, storage_credentials: Path, **overrides:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
     env.update(
         {
-            "KUBECONFIG": str(kube_api.kubeconfig),
+            "KUBECONFIG": str(kube_api.operator_kubeconfig()),
             "FINETUNE_STORAGE_ENDPOINT": object_store.endpoint,
             "FINETUNE_STORAGE_SECURE": "false",
             "FINETUNE_STORAGE_BUCKET": object_store.bucket,
@@ -138,7 +138,8 @@ def runner(kube_api, contract_trainer_bin, namespace, tmp_path) -> Iterator[Any]
     """The local runner for this test's namespace, running the contract trainer for `finetune-trainer`."""
     from finetune_local.runner import LocalRunner
 
-    r = LocalRunner(kube_api.kubeconfig, namespace=namespace, work_dir=tmp_path / "runner", grace_period_cap=10, extra_path=[str(contract_trainer_bin)])
+    r = LocalRunner(kube_api.kubeconfig, namespace=namespace, work_dir=tmp_path / "runner", grace_period_cap=10,
+                    extra_path=[str(contract_trainer_bin)], kubelet_only=kube_api.real)
     r.start()
     try:
         yield r

@@ -162,7 +162,8 @@ def trusting_runner(kube_api, contract_trainer_bin, certificate, namespace, tmp_
     shim = folder / "finetune-trainer"
     shim.write_text(f'#!/bin/sh\nexport SSL_CERT_FILE="{certificate[0]}"\nexec "{contract_trainer_bin}/finetune-trainer" "$@"\n')
     shim.chmod(0o755)
-    runner = LocalRunner(kube_api.kubeconfig, namespace=namespace, work_dir=tmp_path / "runner", grace_period_cap=10, extra_path=[str(folder)])
+    runner = LocalRunner(kube_api.kubeconfig, namespace=namespace, work_dir=tmp_path / "runner", grace_period_cap=10, extra_path=[str(folder)],
+                         kubelet_only=kube_api.real)
     runner.start()
     try:
         yield runner

@@ -85,3 +85,25 @@ def default_service(spec: dict[str, Any], old_spec: dict[str, Any] | None, alloc
             port.setdefault("protocol", "TCP")
             if "port" in port:
                 port.setdefault("targetPort", port["port"])
+
+
+def pod_qos_class(spec: dict[str, Any]) -> str:
+    """The pod's quality-of-service class, as the API server sets ``status.qosClass`` at creation.
+
+    Guaranteed: every container has cpu and memory limits and its requests (defaulted to the limits)
+    equal them; BestEffort: no container requests or limits anything; Burstable: anything else.
+    """
+    containers = [c for field in ("containers", "initContainers") for c in spec.get(field) or [] if isinstance(c, dict)]
+    any_set = False
+    guaranteed = bool(containers)
+    for container in containers:
+        resources = container.get("resources") or {}
+        limits = {k: str(v) for k, v in (resources.get("limits") or {}).items() if k in ("cpu", "memory")}
+        requests = {k: str(v) for k, v in (resources.get("requests") or {}).items() if k in ("cpu", "memory")}
+        if limits or requests:
+            any_set = True
+        if set(limits) != {"cpu", "memory"} or any(requests.get(k, limits[k]) != limits[k] for k in limits):
+            guaranteed = False
+    if not any_set:
+        return "BestEffort"
+    return "Guaranteed" if guaranteed else "Burstable"

@@ -418,7 +418,11 @@ class ObjectStore:
                     errors.append(f"spec.containers[{index}].image: Required value")
             defaults.default_pod(obj)
             if old is None:
-                obj["status"] = {"phase": "Pending"}
+                obj["status"] = {"phase": "Pending", "qosClass": defaults.pod_qos_class(spec)}
+            elif (obj.get("status") or {}).get("qosClass") != (old.get("status") or {}).get("qosClass"):
+                # set once at creation, as the real server does; a later change is refused
+                value = (obj.get("status") or {}).get("qosClass")
+                errors.append(f"status.qosClass: Invalid value: {json.dumps(value or '')}: field is immutable")
             elif old.get("spec") != spec and not self._pod_spec_change_allowed(old.get("spec") or {}, spec):
                 errors.append("spec: Forbidden: pod updates may not change fields other than "
                               "`spec.containers[*].image`, `spec.initContainers[*].image`, "

@@ -11,6 +11,10 @@ namespaces, or one) and plays
   service / pod DNS names rewritten to local addresses when a pod starts;
 * the garbage collector, for the pods of Jobs and Deployments that are gone.
 
+With ``kubelet_only=True`` (``--kubelet-only``), for a cluster whose kube-controller-manager runs, it
+plays only the scheduler and the kubelet (``runner_node``): it registers a Node, binds pending pods to
+it and runs them; the real Job, Deployment and garbage-collector controllers do the rest.
+
 Use it from the command line::
 
     python -m finetune_local.runner --kubeconfig kubeconfig.yaml [--namespace NS] [--show-logs]
@@ -53,6 +57,7 @@ from finetune_local.runner_kube import (
     KubeError,
     now_iso,
 )
+from finetune_local.runner_node import NodeAgent
 from finetune_local.runner_pods import KubeletContext, PodWorker
 from finetune_local.runner_services import (
     ADDRESS_ANNOTATION,
@@ -80,6 +85,8 @@ class LocalRunner:
     runner's own) says which API server. ``namespace`` limits the runner to one namespace.
     ``work_dir`` holds the per-pod folders (removed as pods end) and the container logs (kept); a
     temporary folder when not given. ``grace_period_cap`` caps ``terminationGracePeriodSeconds``.
+    ``kubelet_only`` leaves Jobs, Deployments and garbage to a running kube-controller-manager: the
+    runner registers the Node ``node_name`` (``local-runner-<id>`` by default), binds pods to it and runs them.
     """
 
     def __init__(
@@ -91,8 +98,10 @@ class LocalRunner:
         work_dir: str | os.PathLike[str] | None = None,
         show_logs: bool = False,
         grace_period_cap: float = DEFAULT_GRACE_PERIOD_CAP_SECONDS,
-        node_name: str = DEFAULT_NODE_NAME,
+        node_name: str | None = None,
         extra_path: list[str] | tuple[str, ...] = (),
+        kubelet_only: bool = False,
+        node_heartbeat_seconds: float = 10.0,
     ) -> None:
         self._kubeconfig = str(kubeconfig) if kubeconfig is not None else None
         self._api_client = api_client
@@ -101,10 +110,13 @@ class LocalRunner:
         self.work_dir = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="finetune-runner-"))
         self.show_logs = show_logs
         self.grace_period_cap = grace_period_cap
-        self.node_name = node_name
         self.extra_path = list(extra_path)
         """Folders put first on every container's PATH (e.g. a stand-in for an image's program)."""
         self.runner_id = uuid.uuid4().hex[:12]
+        self.kubelet_only = kubelet_only
+        self.node_name = node_name or (f"{DEFAULT_NODE_NAME}-{self.runner_id[:8]}" if kubelet_only else DEFAULT_NODE_NAME)
+        self.node: NodeAgent | None = None
+        self.node_heartbeat_seconds = node_heartbeat_seconds
         self.started_process_groups: list[int] = []
         """Every process group id this runner started (for checks that nothing outlives it)."""
         self._stopping = threading.Event()
@@ -115,6 +127,7 @@ class LocalRunner:
         self._removed_pods: set[str] = set()
         self._finalised_pods: set[str] = set()
         self._lost_pods: set[str] = set()
+        self._bound_pods: set[str] = set()
         self._proxies: dict[str, ServiceProxies] = {}
         self._addresses = AddressBook(lambda namespace, name: self.services.get(namespace, name))
         self._ips_in_use: set[str] = set()
@@ -159,11 +172,16 @@ class LocalRunner:
             extra_path=self.extra_path,
         )
         on_change = lambda kind, obj: self._wake.set()  # noqa: E731
+        if self.kubelet_only:
+            self.node = NodeAgent(self.kube, self.node_name, self._stopping, self.node_heartbeat_seconds)
+            self.node.start()
         self.pods = Informer(self.kube, PODS, self.namespace, on_change, self._stopping)
         self.job_cache = Informer(self.kube, JOBS, self.namespace, on_change, self._stopping)
         self.deployment_cache = Informer(self.kube, DEPLOYMENTS, self.namespace, on_change, self._stopping)
         self.services = Informer(self.kube, SERVICES, self.namespace, on_change, self._stopping)
-        self._informers = [self.pods, self.job_cache, self.deployment_cache, self.services]
+        self._informers = [self.pods, self.services]
+        if not self.kubelet_only:  # in kubelet mode the cluster's own controllers own Jobs and Deployments
+            self._informers += [self.job_cache, self.deployment_cache]
         for informer in self._informers:
             informer.start()
         deadline = time.monotonic() + wait_synced
@@ -189,7 +207,10 @@ class LocalRunner:
         with self._lock:
             workers = list(self._workers.values())
         for worker in workers:
-            worker.request_stop(deleted=True)  # the runner is going away: no more status writes
+            if self.kubelet_only:  # the node is going away: report each pod ended, as a kubelet's node shutdown does
+                worker.request_stop(node_shutdown=True)
+            else:  # the runner is going away: no more status writes
+                worker.request_stop(deleted=True)
         for worker in workers:
             worker.join(self.grace_period_cap + 10)
         for worker in workers:
@@ -204,6 +225,8 @@ class LocalRunner:
             informer.stop()
         for informer in getattr(self, "_informers", []):
             informer.join(2)
+        if self.node is not None:
+            self.node.stop(deregister=True)
         shutil.rmtree(self.work_dir / "pods", ignore_errors=True)
         if self._own_work_dir and not any((self.work_dir / "logs").glob("*")):
             shutil.rmtree(self.work_dir, ignore_errors=True)
@@ -261,6 +284,10 @@ class LocalRunner:
 
     def _sync(self) -> None:
         self._sync_services()
+        if self.kubelet_only:
+            self._schedule(self.pods.items())
+            self._sync_pods(self.pods.items())
+            return
         synced = all(informer.synced.is_set() for informer in self._informers)
         pods = self.pods.items()
         by_owner: dict[str, list[dict]] = {}
@@ -302,6 +329,27 @@ class LocalRunner:
                     if pod["metadata"]["uid"] not in self._removed_pods:
                         self._delete_pod(pod)
 
+    # pods: the scheduler's part (kubelet mode) -------------------------------------------------
+
+    def _schedule(self, pods: list[dict]) -> None:
+        """Bind each pending, unbound pod in scope to this runner's Node, as kube-scheduler would."""
+        assert self.node is not None
+        for pod in pods:
+            meta, spec = pod["metadata"], pod.get("spec") or {}
+            if spec.get("nodeName") or meta.get("deletionTimestamp") or meta["uid"] in self._bound_pods:
+                continue
+            if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            if (spec.get("schedulerName") or "default-scheduler") != "default-scheduler":
+                continue  # another scheduler's pod
+            if spec.get("schedulingGates"):
+                continue
+            try:
+                if self.node.bind(pod):
+                    self._bound_pods.add(meta["uid"])
+            except KubeError as exc:
+                log.warning("pod %s/%s: could not bind it to %s (%s); will retry", meta["namespace"], meta["name"], self.node_name, exc)
+
     # pods: the kubelet's part ------------------------------------------------------------------
 
     def _sync_pods(self, pods: list[dict]) -> None:
@@ -324,8 +372,8 @@ class LocalRunner:
             phase = (pod.get("status") or {}).get("phase")
             if uid in self._workers:
                 continue
-            if spec.get("nodeName") and spec["nodeName"] != self.node_name:
-                continue  # bound to a real node: not ours
+            if spec.get("nodeName") != self.node_name and (spec.get("nodeName") or self.kubelet_only):
+                continue  # bound to another node, or (kubelet mode) not yet bound: not ours
             if meta.get("deletionTimestamp"):
                 if uid not in self._finalised_pods:
                     self._finalised_pods.add(uid)
@@ -514,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--show-logs", action="store_true", help="also print every container's output, prefixed")
     parser.add_argument("--grace-period-cap", type=float, default=DEFAULT_GRACE_PERIOD_CAP_SECONDS,
                         help="cap on terminationGracePeriodSeconds, in seconds (default: %(default)s)")
+    parser.add_argument("--kubelet-only", action="store_true",
+                        help="for a cluster whose kube-controller-manager runs: register a Node, bind pods to it and "
+                             "run them; leave Jobs, Deployments and garbage collection to the cluster")
+    parser.add_argument("--node-name", help="the Node to register in kubelet mode (default: local-runner-<id>)")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
@@ -523,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
         work_dir=args.work_dir,
         show_logs=args.show_logs,
         grace_period_cap=args.grace_period_cap,
+        kubelet_only=args.kubelet_only,
+        node_name=args.node_name,
     )
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -65,13 +65,19 @@ def set_condition(conditions: list[dict], kind: str, status: str, reason: str, m
 
 
 def compress_indexes(indexes: set[int]) -> str:
-    """``{0, 1, 2, 4}`` → ``"0-2,4"`` (the format of ``status.completedIndexes``)."""
+    """``{0, 1, 2, 4, 6, 7}`` → ``"0-2,4,6,7"``: the Job controller's format of ``status.completedIndexes``
+    (a run of two is written as two numbers, a longer run as a range)."""
     parts, ordered, i = [], sorted(indexes), 0
     while i < len(ordered):
         j = i
         while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
             j += 1
-        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        if i == j:
+            parts.append(str(ordered[i]))
+        elif j == i + 1:
+            parts.append(f"{ordered[i]},{ordered[j]}")
+        else:
+            parts.append(f"{ordered[i]}-{ordered[j]}")
         i = j + 1
     return ",".join(parts)
 

@@ -175,6 +175,7 @@ class PodWorker:
         self.stop_requested = threading.Event()
         self.grace_override: float | None = None
         self.deleted = False  # the pod object is gone from the API: no more status writes
+        self.node_shutdown = False
         self.finished = threading.Event()
         self.phase = "Pending"
         self.start_time = now_iso()
@@ -207,14 +208,19 @@ class PodWorker:
     def start(self) -> None:
         self._thread.start()
 
-    def request_stop(self, deleted: bool = False, grace_seconds: float | None = None) -> None:
+    def request_stop(self, deleted: bool = False, grace_seconds: float | None = None, node_shutdown: bool = False) -> None:
         """Stop the pod's processes (SIGTERM, then SIGKILL after the grace period) and end the worker.
 
         ``deleted``: the pod is gone from the API (or the runner is stopping): no more status writes.
         ``grace_seconds``: the deletion's own grace period, which overrides the pod's.
+        ``node_shutdown``: the node is going away (kubelet mode): like a kubelet's graceful node shutdown, the
+        pod ends Failed with reason ``Terminated`` and a ``DisruptionTarget`` condition, so its Job replaces it
+        (a podFailurePolicy may ignore the failure) and its ReplicaSet makes another.
         """
         if deleted:
             self.deleted = True
+        if node_shutdown:
+            self.node_shutdown = True
         if grace_seconds is not None and not self.stop_requested.is_set():
             self.grace_override = float(grace_seconds)
         self.stop_requested.set()
@@ -661,7 +667,10 @@ class PodWorker:
                 c.reason = "PodInitializing" if not c.init else c.reason
 
     def _finish(self) -> None:
-        if self.failed_init or self.pod_reason == "RunnerError":
+        if self.node_shutdown and self.phase not in ("Succeeded", "Failed"):
+            self.phase = "Failed"
+            self.pod_reason, self.pod_message = "Terminated", "Pod was terminated in response to imminent node shutdown."
+        elif self.failed_init or self.pod_reason == "RunnerError":
             self.phase = "Failed"
         elif all(c.state == "terminated" for c in self.containers) and self.containers:
             self.phase = self._phase()
@@ -705,9 +714,12 @@ class PodWorker:
             "podIP": self.pod_ip,
             "podIPs": [{"ip": self.pod_ip}],
             "startTime": self.start_time,
-            "qosClass": "BestEffort",
             "containerStatuses": [c.status() for c in self.containers],
         }
+        if self.node_shutdown and self.phase == "Failed":
+            status["conditions"].append(
+                {**condition("DisruptionTarget", True), "reason": "TerminationByKubelet", "message": "Pod was terminated in response to imminent node shutdown."}
+            )
         if self.init_containers:
             status["initContainerStatuses"] = [c.status() for c in self.init_containers]
         if self.pod_reason:
