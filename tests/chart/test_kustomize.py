@@ -118,7 +118,7 @@ def test_gpu_cluster_overlay_maps_gpu_types_and_queues_by_default(overlays: dict
 
 
 def test_crds_folder_lists_every_generated_crd_for_kustomize() -> None:
-    listed = yaml.safe_load((REPO_ROOT / "crds" / "kustomization.yml").read_text())["resources"]
+    listed = yaml.safe_load((REPO_ROOT / "crds" / "Kustomization").read_text())["resources"]
     assert sorted(listed) == sorted(p.name for p in (REPO_ROOT / "crds").glob("*.yaml"))
 
 

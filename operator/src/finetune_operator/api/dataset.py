@@ -17,7 +17,7 @@ from finetune_operator.api.common import DNS_SUBDOMAIN, MODEL_URI, ApiModel, Con
 KIND = "Dataset"
 PLURAL = "datasets"
 SINGULAR = "dataset"
-SHORT_NAMES = ["ds"]
+SHORT_NAMES = ["ftds"]
 
 Phase = Literal["Pending", "Validating", "Ready", "Invalid"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]

@@ -22,7 +22,7 @@ from finetune_operator.api.common import (
 KIND = "Evaluation"
 PLURAL = "evaluations"
 SINGULAR = "evaluation"
-SHORT_NAMES = ["ev", "eval"]
+SHORT_NAMES = ["fteval"]
 
 Phase = Literal["Pending", "Running", "Completed", "Failed"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ from finetune_operator.api.common import (
 KIND = "InferenceEndpoint"
 PLURAL = "inferenceendpoints"
 SINGULAR = "inferenceendpoint"
-SHORT_NAMES = ["ie", "endpoint"]
+SHORT_NAMES = ["ftie"]
 
 Phase = Literal["Pending", "Deploying", "Ready", "Failed"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
