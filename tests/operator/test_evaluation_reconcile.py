@@ -282,6 +282,17 @@ def test_running_shows_the_samples_done():
     assert plan.events == []
 
 
+def test_running_holds_while_the_job_controller_has_not_recorded_the_ended_pod():
+    status = started()
+    running = run(status=status, observed=Observed(job=job(), pods=[running_pod()]))
+    assert running.new_phase == "Running"
+    ended = {"metadata": {"name": "qa-eval-x"}, "status": {"phase": "Succeeded"}}
+    held = run(status=running.status, observed=Observed(job=job(), pods=[ended]))
+    assert held.new_phase == "Running" and held.events == [], (held.new_phase, held.events)
+    done = run(status=held.status, observed=Observed(job=job("Complete"), pods=[ended], summary=summary(), results_complete=True))
+    assert done.new_phase == "Completed"
+
+
 def test_a_missing_api_key_secret_keeps_it_pending_with_the_reason():
     waiting = {"status": {"phase": "Pending", "containerStatuses": [{"name": "evaluator", "state": {"waiting": {"reason": "CreateContainerConfigError", "message": 'secret "chat-key" not found'}}}]}}
     plan = run(status=started(), observed=Observed(job=job(), pods=[waiting]))

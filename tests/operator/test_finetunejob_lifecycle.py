@@ -161,6 +161,48 @@ def test_running_uploading_completed_with_progress():
     assert plan.status["completionTime"]
 
 
+def test_the_phase_holds_while_the_job_controller_has_not_recorded_the_ended_pod():
+    """On a real cluster the pod ends milliseconds to seconds before the Job controller counts it: in that
+    gap the Job has no active pod and no verdict, and the phase must not step back to Queued."""
+    plan = run(observed=Observed(dataset=READY_DATASET))
+    job = job_of(plan)
+    training = contract.Progress(phase="training", step=5, total_steps=6)
+    running = run(status=plan.status, observed=running_world(job, training))
+    assert running.new_phase == "Running"
+    done = training.model_copy(update={"phase": "done", "step": 6, "model_uri": "s3://ft/jobs/team-a/chat-bot-u-1/model"})
+    gap = running_world(job, done, pod_phase="Succeeded")
+    gap.job["status"] = {"active": 0, "ready": 0}  # the Job controller has not caught up yet
+    held = run(status=running.status, observed=gap)
+    assert held.new_phase == "Running" and held.events == [], (held.new_phase, held.events)
+    gap.job["status"] = {"active": 0, "uncountedTerminatedPods": {"succeeded": ["p-1"]}}
+    assert run(status=held.status, observed=gap).new_phase == "Running"
+    gap.job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
+    gap.model_complete = True
+    assert run(status=held.status, observed=gap).new_phase == "Completed"
+
+
+def test_a_failed_pod_holds_the_phase_until_counted_then_the_retry_shows_queued():
+    plan = run(observed=Observed(dataset=READY_DATASET))
+    job = job_of(plan)
+    running = run(status=plan.status, observed=running_world(job, contract.Progress(phase="training", step=2, total_steps=6)))
+    crashed = running_world(job, pod_phase="Failed")
+    crashed.job["status"] = {"active": 0}
+    held = run(status=running.status, observed=crashed)
+    assert held.new_phase == "Running" and held.events == []
+    crashed.job["status"] = {"active": 0, "failed": 1}  # counted; a new pod comes: an explicit cause
+    assert run(status=held.status, observed=crashed).new_phase == "Queued"
+
+
+def test_a_disrupted_pod_the_job_never_counts_does_not_hold_the_phase():
+    plan = run(observed=Observed(dataset=READY_DATASET))
+    job = job_of(plan)
+    running = run(status=plan.status, observed=running_world(job, contract.Progress(phase="training", step=2, total_steps=6)))
+    evicted = running_world(job, pod_phase="Failed")
+    evicted.pods[0]["status"]["conditions"].append({"type": "DisruptionTarget", "status": "True"})
+    evicted.job["status"] = {"active": 0}
+    assert run(status=running.status, observed=evicted).new_phase == "Queued"
+
+
 def test_complete_job_without_a_manifest_is_not_reported_as_a_model():
     plan = run(observed=Observed(dataset=READY_DATASET))
     world = running_world(job_of(plan), contract.Progress(phase="done", step=3, total_steps=3, model_uri="s3://ft/x/model"), pod_phase="Succeeded")

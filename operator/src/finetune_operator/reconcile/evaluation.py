@@ -31,6 +31,7 @@ from finetune_operator.api.evaluation import ConditionType as C
 from finetune_operator.api.evaluation import EvaluationSpec, PassCriterion, Reason, ScoreStatus
 from finetune_operator.config import OperatorConfig
 from finetune_operator.reconcile.conditions import Conditions, now, rfc3339
+from finetune_operator.reconcile.jobs import job_behind_its_pods
 from finetune_operator.reconcile.finetunejob import Event, format_validation_error, termination_message
 from finetune_trainer import contract
 
@@ -493,6 +494,12 @@ def reconcile(
         conditions.set(C.RUNNING, False, Reason.POD_PENDING, message)
         out["message"] = message
         plan.retry_after = RETRY_SECONDS
+        return finish()
+    if conditions.is_true(C.RUNNING) and job_behind_its_pods(job, observed.pods):
+        # The evaluator's pod ended and the Job controller has not recorded it yet: hold the phase.
+        out["message"] = status.get("message", "")
+        if status.get("startTime"):
+            out["startTime"] = status["startTime"]
         return finish()
     if _pods_running(observed.pods):
         reason, message = _progress_message(progress)

@@ -31,6 +31,7 @@ from finetune_operator.api.finetunejob import ConditionType as C
 from finetune_operator.api.finetunejob import FineTuneJobSpec, Reason
 from finetune_operator.config import OperatorConfig
 from finetune_operator.reconcile.conditions import Conditions, now, rfc3339
+from finetune_operator.reconcile.jobs import job_behind_its_pods
 from finetune_trainer import contract
 
 
@@ -440,6 +441,13 @@ def reconcile(
         conditions.set(C.RUNNING, False, Reason.POD_PENDING, message)
         out["message"] = message
         plan.retry_after = 15
+        return finish()
+    if conditions.is_true(C.RUNNING) and job_behind_its_pods(job, observed.pods):
+        # The trainer's pod ended and the Job controller has not recorded it yet: hold the phase.
+        out["message"] = status.get("message", "")
+        for key in ("startTime", "queue"):
+            if status.get(key):
+                out[key] = status[key]
         return finish()
     if _pods_running(observed.pods):
         trainer_phase = progress.phase if progress else "downloading"
