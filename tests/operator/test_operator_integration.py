@@ -256,3 +256,34 @@ def test_invalid_specs_never_get_a_job(cluster, object_store, start_operator, ru
     assert next(c for c in failed["status"]["conditions"] if c["type"] == "Failed")["reason"] == "InvalidSpec"
     assert any(e["type"] == "Warning" for e in cluster.events_for("odd-gpu"))
     assert cluster.trainer_jobs() == []
+
+
+def test_deleting_the_namespace_is_no_error_and_nothing_is_made_again(kube_api, cluster, object_store, start_operator, runner):
+    """The namespace controller deletes a running job's Job and pods before the FineTuneJob; the operator
+    must neither fight it (nothing can be created in a terminating namespace) nor report it as an error."""
+    import kubernetes
+
+    operator = start_operator()
+    cluster.storage_secret(object_store)
+    make_dataset_ready(cluster, object_store)
+    cluster.apply(finetunejob_yaml(name="doomed", base="s3://finetune/models/slow"))
+    cluster.wait_phase("finetunejobs", "doomed", "Running", timeout=60)
+    before = len(operator.log().splitlines())
+    cluster.core.delete_namespace(cluster.namespace)
+
+    def gone() -> bool:
+        try:
+            cluster.core.read_namespace(cluster.namespace)
+        except kubernetes.client.ApiException as error:
+            return error.status == 404
+        return False
+
+    deadline = time.monotonic() + 180
+    while not gone():
+        assert time.monotonic() < deadline, "the namespace was not deleted"
+        time.sleep(0.5)
+    after = operator.log().splitlines()[before:]
+    about_it = [line for line in after if cluster.namespace in line]
+    assert not [line for line in about_it if "ERROR" in line or "failed permanently" in line or "Traceback" in line], "\n".join(about_it)
+    retries = [line for line in about_it if "will retry" in line.lower() or "retrying" in line.lower()]
+    assert len(retries) <= 3, "\n".join(retries)

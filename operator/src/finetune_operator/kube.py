@@ -105,11 +105,21 @@ PEERING_PERMISSIONS: list[dict[str, list[str]]] = [
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, reason: str, message: str):
+    def __init__(self, status: int, reason: str, message: str, causes: tuple[str, ...] = ()):
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        self.causes = causes
+        """The ``reason`` of each of the Status's ``details.causes``."""
+
+    @property
+    def namespace_terminating(self) -> bool:
+        return self.status == 403 and ("NamespaceTerminating" in self.causes or "because it is being terminated" in self.message)
+
+
+class NamespaceTerminating(Exception):
+    """The object's namespace is being deleted: nothing may be created in it, and nothing needs to be."""
 
 
 def load_client_config(timeout_seconds: int | None = None) -> kubernetes.client.Configuration:
@@ -163,7 +173,8 @@ class Kube:
                 status = json.loads(data)
             except ValueError:
                 status = {}
-            raise ApiError(response.status, status.get("reason", response.reason or ""), status.get("message", data[:500].decode(errors="replace")))
+            causes = tuple(c.get("reason", "") for c in (status.get("details") or {}).get("causes") or [] if isinstance(c, dict))
+            raise ApiError(response.status, status.get("reason", response.reason or ""), status.get("message", data[:500].decode(errors="replace")), causes)
         return json.loads(data) if data else None
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -200,6 +211,8 @@ class Kube:
                 if existing is None:
                     raise kopf.TemporaryError(f"{obj['kind']} {obj['metadata']['name']} is being deleted", delay=2) from None
                 return existing, False
+            if e.namespace_terminating:
+                raise NamespaceTerminating(namespace) from None
             if e.status in (409, 429) or e.status >= 500:
                 raise kopf.TemporaryError(f"create {obj['kind']}: {e.message}", delay=5) from None
             raise kopf.PermanentError(f"create {obj['kind']} {obj['metadata']['name']}: {e.message}") from None

@@ -24,6 +24,7 @@ class Runtime:
 _runtime: Runtime | None = None
 _locks: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 _locks_guard = threading.Lock()
+_terminating_namespaces: set[str] = set()
 
 
 def init(config: OperatorConfig, kube: Kube | None = None, storage: OperatorStorage | None = None) -> Runtime:
@@ -49,3 +50,17 @@ def forget(uid: str) -> None:
         _locks.pop(uid, None)
     if _runtime is not None:
         _runtime.kube.forget(uid)
+
+
+def set_namespace_terminating(namespace: str, terminating: bool) -> None:
+    """Told by the namespace watch: a namespace being deleted takes every object in it along."""
+    with _locks_guard:
+        if terminating:
+            _terminating_namespaces.add(namespace)
+        else:
+            _terminating_namespaces.discard(namespace)
+
+
+def namespace_terminating(namespace: str) -> bool:
+    with _locks_guard:
+        return namespace in _terminating_namespaces

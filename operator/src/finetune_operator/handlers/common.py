@@ -44,6 +44,10 @@ def reconcile_object(
     """Serialised per object. Returns the object as read and the plan carried out (None: it is gone or
     being deleted)."""
     rt = runtime.get()
+    if runtime.namespace_terminating(namespace):
+        # The namespace controller is deleting everything in it, children first or last: nothing to
+        # decide, no phase to move, no Event (none can be created there any more).
+        return None
     started = time.monotonic()
     fresh = rt.kube.get(resource, namespace, name) if body is None else body
     if fresh is None:
@@ -60,6 +64,12 @@ def reconcile_object(
             act(fresh, rt, plan)
             if status_changed(fresh.get("status") or {}, plan.status):
                 rt.kube.patch_status(resource, namespace, name, plan.status)
+        except k.NamespaceTerminating:
+            # The namespace is being deleted with everything in it (the watch had not told us yet): its
+            # children are going away on purpose; making them again is neither possible nor wanted.
+            runtime.set_namespace_terminating(namespace, True)
+            logger.info("%s %s/%s: its namespace is being deleted; nothing to reconcile", kind, namespace, name)
+            return None
         except Exception:
             metrics.RECONCILE_ERRORS.labels(kind=kind).inc()
             raise
@@ -76,5 +86,7 @@ def report(kind: str, body: dict, plan: Plan) -> None:
     if plan.old_phase != plan.new_phase:
         metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
         logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
+    if runtime.namespace_terminating(meta["namespace"]):
+        return  # Events cannot be created in a namespace being deleted
     for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)

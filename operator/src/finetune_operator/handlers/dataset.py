@@ -126,7 +126,8 @@ def on_dataset_deleted(body: kopf.Body, namespace: str, name: str, uid: str, ret
     """Held back (by the finalizer kopf adds for this handler) while a FineTuneJob still uses the Dataset.
     The validation Jobs go with it (owner references); the data in the object store stays."""
     rt = runtime.get()
-    users = users_of(name, rt.kube.list(k.FINETUNEJOBS, namespace))
+    # In a namespace being deleted its FineTuneJobs go too: holding the Dataset back would only delay that.
+    users = [] if runtime.namespace_terminating(namespace) else users_of(name, rt.kube.list(k.FINETUNEJOBS, namespace))
     if users:
         message = f"Deletion waits for FineTuneJob {', '.join(users)} to end (it uses this Dataset)"
         if retry % 30 == 0:  # said once, and again every few minutes while it waits

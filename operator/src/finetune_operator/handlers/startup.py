@@ -32,7 +32,9 @@ def apply_settings(settings: kopf.OperatorSettings, config: OperatorConfig) -> N
         settings.peering.mandatory = True
     else:
         settings.peering.standalone = True
-    settings.posting.level = logging.INFO
+    # Events are the user's timeline: the phase transitions the reconcilers post, and warnings. kopf's own
+    # "Handler ... succeeded" lines would be an Event for every watch event of every pod.
+    settings.posting.level = logging.WARNING
     settings.posting.reporting_component = "finetune-operator"
     settings.execution.max_workers = 16
     settings.batching.worker_limit = None
@@ -49,3 +51,14 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> 
         "finetune operator started",
         extra={"namespace": config.namespace or "*", "peering": config.peering or "standalone", "storage": config.storage_endpoint},
     )
+
+
+@kopf.on.event("", "v1", "namespaces")
+def on_namespace(event: kopf.RawEvent, name: str, meta: kopf.Meta, **_: object) -> None:
+    """Keep the set of namespaces being deleted: reconciling objects there would only fight the namespace
+    controller (re-creating children it deletes, posting Events it refuses)."""
+    terminating = event.get("type") != "DELETED" and bool(meta.get("deletionTimestamp"))
+    if terminating != runtime.namespace_terminating(name):
+        runtime.set_namespace_terminating(name, terminating)
+        if terminating:
+            logger.info("namespace %s is being deleted: its objects are left to the namespace controller", name)
