@@ -1,10 +1,15 @@
-"""A real `helm install`, `upgrade` and `uninstall` (Helm's Go engine) against the project's local Kubernetes
-API server: hooks run after the CRDs exist, generated credentials survive upgrades, and uninstalling keeps
-the CRDs, the users' objects and the credentials."""
+"""A real `helm install`, `upgrade` and `uninstall` (Helm's Go engine) against a fresh Kubernetes API server for
+each test: a real control plane where KUBEBUILDER_ASSETS provides one, else the project's own. Hooks run after
+the CRDs exist, generated credentials survive upgrades, uninstalling keeps the CRDs, the users' objects and the
+credentials, and CRDs applied from crds/ before or after an install get along with the release."""
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -13,7 +18,7 @@ import pytest
 from finetune_local.kubeapi import KubeApiServer, kubeconfig_text
 from finetune_local.kubeapi_resources import ResourceType
 
-from tests.chart.conftest import CHART_DIR, FULLNAME, KINDS_PLURAL, RELEASE_NAME, RELEASE_NAMESPACE
+from tests.chart.conftest import CHART_DIR, FULLNAME, KINDS_PLURAL, RELEASE_NAME, RELEASE_NAMESPACE, REPO_ROOT
 
 # Kinds the chart creates that the local server does not model; it stores them like any object.
 EXTRA_KINDS = [
@@ -32,8 +37,39 @@ TRIAL_VALUES: dict[str, Any] = {
 }
 
 
+@dataclass
+class Target:
+    """A fresh API server for one test, and Helm configured for it."""
+
+    server: Any  # KubeApiServer or ControlPlane
+    kubeconfig: Path
+    real: bool
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        return self.server.api_client()
+
+    def helm(self) -> helm.Config:
+        if self.real:
+            return helm.Config(kubeconfig_path=str(self.kubeconfig), namespace=RELEASE_NAMESPACE)
+        # Release records in memory: the local server speaks JSON only, and Helm stores releases as protobuf Secrets.
+        return helm.Config(kubeconfig_content=kubeconfig_text(self.server.url), namespace=RELEASE_NAMESPACE, storage_driver="memory")
+
+    def kubectl(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], capture_output=True, text=True, timeout=120)
+
+
 @pytest.fixture
-def cluster() -> Iterator[KubeApiServer]:
+def cluster(tmp_path: Path) -> Iterator[Target]:
+    from finetune_local.controlplane import ControlPlane, assets_from_environment
+
+    assets = assets_from_environment()
+    if assets is not None:
+        plane = ControlPlane(assets, tmp_path / "controlplane").start()
+        try:
+            yield Target(plane, plane.write_kubeconfig(tmp_path / "kubeconfig"), real=True)
+        finally:
+            plane.stop()
+        return
     server = KubeApiServer()
     for group, plural, kind, namespaced in EXTRA_KINDS:
         server.registry.add(
@@ -42,25 +78,42 @@ def cluster() -> Iterator[KubeApiServer]:
         )
     server.start()
     try:
-        yield server
+        yield Target(server, server.write_kubeconfig(tmp_path / "kubeconfig"), real=False)
     finally:
         server.stop()
 
 
-def helm_for(server: KubeApiServer) -> helm.Config:
-    # Release records in memory: the local server speaks JSON only, and Helm stores releases as protobuf Secrets.
-    return helm.Config(
-        kubeconfig_content=kubeconfig_text(f"http://{server.host}:{server.port}"),
-        namespace=RELEASE_NAMESPACE,
-        storage_driver="memory",
-    )
+def helm_for(target: Target) -> helm.Config:
+    return target.helm()
 
 
 def crd_names(api: kubernetes.client.ApiClient) -> set[str]:
     return {crd.metadata.name for crd in kubernetes.client.ApiextensionsV1Api(api).list_custom_resource_definition().items}
 
 
-def test_install_upgrade_and_uninstall_keep_crds_objects_and_credentials(cluster: KubeApiServer) -> None:
+def crds(api: kubernetes.client.ApiClient) -> dict[str, Any]:
+    return {crd.metadata.name: crd for crd in kubernetes.client.ApiextensionsV1Api(api).list_custom_resource_definition().items
+            if crd.spec.group == "finetune.dev"}  # fmt: skip
+
+
+OUR_CRDS = {f"{plural}.finetune.dev" for plural in KINDS_PLURAL}
+
+
+def wait_until(what: str, condition: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def wait_served(target: Target) -> None:
+    """Until every one of the four CRDs is Established (the kinds are served)."""
+    if target.real:
+        for name in OUR_CRDS:
+            target.server.wait_established(name)
+
+
+def test_install_upgrade_and_uninstall_keep_crds_objects_and_credentials(cluster: Target) -> None:
     api = cluster.api_client()
     core = kubernetes.client.CoreV1Api(api)
     apps = kubernetes.client.AppsV1Api(api)
@@ -79,8 +132,9 @@ def test_install_upgrade_and_uninstall_keep_crds_objects_and_credentials(cluster
     credentials = core.read_namespaced_secret("finetune-storage", RELEASE_NAMESPACE).data
     assert set(credentials) == {"accessKey", "secretKey"}
 
-    # A team starts using the operator.
+    # A team starts using the operator (once the API server serves the new kinds: a real one takes a moment).
     core.create_namespace({"metadata": {"name": "team-a"}})
+    wait_served(cluster)
     custom.create_namespaced_custom_object(
         "finetune.dev", "v1alpha1", "team-a", "datasets",
         {"apiVersion": "finetune.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "support-chats"},
@@ -105,17 +159,61 @@ def test_install_upgrade_and_uninstall_keep_crds_objects_and_credentials(cluster
     assert core.read_namespaced_secret("finetune-storage", RELEASE_NAMESPACE).data == credentials
 
 
-def test_uninstall_removes_the_crds_when_told_not_to_keep_them(cluster: KubeApiServer) -> None:
+def test_uninstall_removes_the_crds_when_told_not_to_keep_them(cluster: Target) -> None:
     api = cluster.api_client()
     release = helm_for(cluster)
     release.install(CHART_DIR, RELEASE_NAME, {"crds": {"keep": False}}, namespace=RELEASE_NAMESPACE, create_namespace=True, timeout=60)
     assert crd_names(api) == {f"{plural}.finetune.dev" for plural in KINDS_PLURAL}
     release.uninstall(RELEASE_NAME, timeout=60)
-    assert crd_names(api) == set()
+    wait_until("the CRDs to be deleted", lambda: not crds(api))  # a real server first removes their objects
 
 
-def test_a_misspelled_value_stops_the_install_before_anything_is_created(cluster: KubeApiServer) -> None:
+def test_a_misspelled_value_stops_the_install_before_anything_is_created(cluster: Target) -> None:
     api = cluster.api_client()
     with pytest.raises(helm.HelmError, match="additional properties 'replicaCont' not allowed"):
         helm_for(cluster).install(CHART_DIR, RELEASE_NAME, {"replicaCont": 2}, namespace=RELEASE_NAMESPACE, create_namespace=True, timeout=60)
     assert crd_names(api) == set()
+
+
+def test_install_works_when_the_crds_were_applied_first_and_leaves_them_to_their_manager(cluster: Target) -> None:
+    applied = cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+    assert applied.returncode == 0, applied.stderr
+    api = cluster.api_client()
+    before = crds(api)
+    assert set(before) == OUR_CRDS
+
+    release = helm_for(cluster)
+    installed = release.install(CHART_DIR, RELEASE_NAME, {}, namespace=RELEASE_NAMESPACE, create_namespace=True, timeout=60)
+    assert installed["status"] == "deployed"
+    notes = installed["notes"]
+    assert "existed before this release and are managed elsewhere" in notes
+    for name in OUR_CRDS:
+        assert name in notes
+    assert "meta.helm.sh/release-name=ft" in notes, "the notes say how to let the release adopt them"
+    after = crds(api)
+    for name, crd in after.items():
+        assert "meta.helm.sh/release-name" not in (crd.metadata.annotations or {}), f"{name} was taken over"
+        assert crd.metadata.generation == before[name].metadata.generation, f"{name} was changed"
+        assert crd.metadata.labels == before[name].metadata.labels, f"{name} was relabelled"
+
+    assert release.upgrade(CHART_DIR, RELEASE_NAME, {"config": {"logLevel": "DEBUG"}}, namespace=RELEASE_NAMESPACE, timeout=60)["revision"] == 2
+    release.uninstall(RELEASE_NAME, timeout=60)
+    assert set(crds(api)) == OUR_CRDS, "CRDs the release never managed stay"
+
+
+def test_crds_applied_after_an_install_update_the_releases_crds_and_upgrades_still_work(cluster: Target) -> None:
+    release = helm_for(cluster)
+    installed = release.install(CHART_DIR, RELEASE_NAME, {}, namespace=RELEASE_NAMESPACE, create_namespace=True, timeout=60)
+    assert "managed elsewhere" not in installed["notes"]
+    api = cluster.api_client()
+    for crd in crds(api).values():
+        assert crd.metadata.annotations["meta.helm.sh/release-name"] == RELEASE_NAME
+
+    applied = cluster.kubectl("apply", "-f", str(REPO_ROOT / "crds"))
+    assert applied.returncode == 0, applied.stderr
+    upgraded = release.upgrade(CHART_DIR, RELEASE_NAME, {}, namespace=RELEASE_NAMESPACE, timeout=60)
+    assert upgraded["revision"] == 2 and "managed elsewhere" not in upgraded["notes"]
+    for crd in crds(api).values():
+        assert crd.metadata.annotations["meta.helm.sh/release-name"] == RELEASE_NAME, "the release still manages them"
+    release.uninstall(RELEASE_NAME, timeout=60)
+    assert set(crds(api)) == OUR_CRDS, "kept on uninstall"
