@@ -306,7 +306,9 @@ def parse_field_selector(selector: str | None, allowed: tuple[str, ...]) -> list
             raise SelectorError(f"invalid selector: {selector!r}; can't understand {part!r}")
         path = path.strip()
         if path not in ("metadata.name", "metadata.namespace", *allowed):
-            raise SelectorError(f'field label not supported: {path}')
+            if allowed:  # a kind with field labels of its own answers as its conversion function does
+                raise SelectorError(f"field label not supported: {path}")
+            raise SelectorError(f'"{path}" is not a known field selector: only "metadata.name", "metadata.namespace"')
         requirements.append(FieldRequirement(path, value.strip(), negated))
     return requirements
 

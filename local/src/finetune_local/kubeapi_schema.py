@@ -137,7 +137,7 @@ def _cel_errors(rules: list[dict[str, Any]], value: Any, old: Any, has_old: bool
         activation = {"self": _to_cel(value)}
         if is_transition:
             activation["oldSelf"] = _to_cel(old) if has_old else None
-        shown = json.dumps(_json_type(value))  # CEL errors name the type, not the value
+        shown = json.dumps(_json_type(value))  # a duplicate names the type
         field = path
         if rule_spec.get("fieldPath"):
             field = path + rule_spec["fieldPath"] if rule_spec["fieldPath"].startswith(".") else rule_spec["fieldPath"]
@@ -152,7 +152,7 @@ def _cel_errors(rules: list[dict[str, Any]], value: Any, old: Any, has_old: bool
             result = error
         if isinstance(result, Exception):
             detail = result.args[0] if result.args and isinstance(result.args[0], str) else str(result)
-            errors.append(f"{field or '<nil>'}: Invalid value: {shown}: {detail} evaluating rule: {rule}")
+            errors.append(f"{field or '<nil>'}: Invalid value: {detail} evaluating rule: {rule}")
         elif not bool(result):
             message = rule_spec.get("message") or f"failed rule: {rule}"
             reason = rule_spec.get("reason", "FieldValueInvalid")
@@ -162,8 +162,8 @@ def _cel_errors(rules: list[dict[str, Any]], value: Any, old: Any, has_old: bool
                 errors.append(f"{field or '<nil>'}: Required value: {message}")
             elif reason == "FieldValueDuplicate":
                 errors.append(f"{field or '<nil>'}: Duplicate value: {shown}: {message}")
-            else:
-                errors.append(f"{field or '<nil>'}: Invalid value: {shown}: {message}")
+            else:  # Kubernetes 1.36 prints the rule's message without the value
+                errors.append(f"{field or '<nil>'}: Invalid value: {message}")
     return errors
 
 
@@ -178,8 +178,11 @@ def _warn_uncompilable(rule: str, error: Exception) -> None:
 
 
 def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[str],
-             old: Any = _MISSING, *, root: bool = False) -> None:
-    """Check value against a structural schema node; append messages in the real server's format."""
+             old: Any = _MISSING, *, root: bool = False, cel: list[tuple] | None = None) -> None:
+    """Check value against a structural schema node; append messages in the real server's format.
+
+    ``cel`` collects the CEL rules to run (rules, value, old, path) instead of running them: the real
+    server runs them only once the whole object passed the schema."""
     if schema is None:
         return
     if old is not _MISSING and not root and value == old:
@@ -241,7 +244,7 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
                 seen.append(item)
         items = schema.get("items")
         for index, item in enumerate(value):
-            validate(item, items, f"{path}[{index}]", errors)
+            validate(item, items, f"{path}[{index}]", errors, cel=cel)
     if isinstance(value, dict):
         properties = schema.get("properties") or {}
         additional = schema.get("additionalProperties")
@@ -259,16 +262,16 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
                 continue
             old_item = old_map.get(key, _MISSING)
             if key in properties:
-                validate(item, properties[key], _child(path, key), errors, old_item)
+                validate(item, properties[key], _child(path, key), errors, old_item, cel=cel)
             elif isinstance(additional, dict):
-                validate(item, additional, _child(path, key), errors, old_item)
+                validate(item, additional, _child(path, key), errors, old_item, cel=cel)
             elif additional is False:
                 errors.append(f'{_child(path, key)}: Invalid value: {json.dumps(key)}: {_child(path, key)} in body '
                               f'is a forbidden property')
     for combinator in ("allOf", "anyOf", "oneOf"):
         for sub in schema.get(combinator) or []:
             if combinator == "allOf":
-                validate(value, sub, path, errors, old)
+                validate(value, sub, path, errors, old, cel=cel)
         if combinator in ("anyOf", "oneOf") and schema.get(combinator):
             passing = 0
             for sub in schema[combinator]:
@@ -287,7 +290,23 @@ def validate(value: Any, schema: dict[str, Any] | None, path: str, errors: list[
                           f"the schema (not)")
     rules = schema.get("x-kubernetes-validations")
     if rules and CEL_AVAILABLE:
-        errors.extend(_cel_errors(rules, value, None if old is _MISSING else old, old is not _MISSING, path))
+        if cel is not None:
+            cel.append((rules, value, None if old is _MISSING else old, old is not _MISSING, path))
+        else:
+            errors.extend(_cel_errors(rules, value, None if old is _MISSING else old, old is not _MISSING, path))
+
+
+CEL_SKIPPED = ("<nil>: Invalid value: null: some validation rules were not checked because the object was invalid; "
+               "correct the existing errors to complete validation")
+
+
+def _has_rules(schema: Any) -> bool:
+    """Whether a schema declares any CEL rule, at any depth."""
+    if isinstance(schema, dict):
+        return bool(schema.get("x-kubernetes-validations")) or any(_has_rules(v) for v in schema.values())
+    if isinstance(schema, list):
+        return any(_has_rules(v) for v in schema)
+    return False
 
 
 def admit_custom_resource(obj: dict[str, Any], schema: dict[str, Any] | None,
@@ -299,5 +318,12 @@ def admit_custom_resource(obj: dict[str, Any], schema: dict[str, Any] | None,
     pruned = prune(obj, schema, "", unknown, root=True)
     defaulted = apply_defaults(pruned, schema)
     errors: list[str] = []
-    validate(defaulted, schema, "", errors, old if old is not None else _MISSING, root=True)
+    cel: list[tuple] = []
+    validate(defaulted, schema, "", errors, old if old is not None else _MISSING, root=True, cel=cel)
+    if errors:
+        if CEL_AVAILABLE and _has_rules(schema):
+            errors.append(CEL_SKIPPED)  # as the real server: rules run only on an object the schema accepts
+    else:
+        for rules, value, old_value, has_old, path in cel:
+            errors.extend(_cel_errors(rules, value, old_value, has_old, path))
     return defaulted, unknown, errors

@@ -39,6 +39,8 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 MAX_CONFIG_BYTES = 1024 * 1024
+MAX_ANNOTATION_BYTES = 256 * 1024
+"""The total size of an object's annotation keys and values (the real server's TotalAnnotationSizeLimitB)."""
 
 
 class ApiError(Exception):
@@ -362,6 +364,9 @@ class ObjectStore:
         for key, value in (metadata.get("annotations") or {}).items():
             if not isinstance(value, str):
                 errors.append(f"metadata.annotations: Invalid value: {json.dumps(value)}: must be a string")
+        annotation_bytes = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in (metadata.get("annotations") or {}).items())
+        if annotation_bytes > MAX_ANNOTATION_BYTES:
+            errors.append(f"metadata.annotations: Too long: may not be more than {MAX_ANNOTATION_BYTES} bytes")
         for index, ref in enumerate(metadata.get("ownerReferences") or []):
             for field in ("apiVersion", "kind", "name", "uid"):
                 if not ref.get(field):
