@@ -81,25 +81,44 @@ class LocalCluster:
     operator_log: Path | None = None
     metrics_port: int = 0
     api_key: str = ""
+    real: bool = False
+    """A real control plane (kube-apiserver, kube-controller-manager), not the project's own API server."""
+    operator_kubeconfig: Path | None = None
 
     def client(self) -> Any:
         return self.api.api_client()
 
 
-def start_cluster(work_dir: Path) -> LocalCluster:
+def start_cluster(work_dir: Path, assets: Path | None = None) -> LocalCluster:
+    """The API server (a real control plane from ``assets``, the envtest folder, else the project's own), the
+    object store, the runner and the operator. On a real control plane the demo's namespace enforces the
+    `restricted` Pod Security profile, the runner plays only the nodes, and the operator authenticates with
+    its own ServiceAccount's token, bound to exactly the permissions it needs."""
     import kubernetes.client
 
+    from finetune_local.controlplane import ControlPlane, grant_operator
     from finetune_local.kubeapi import KubeApiServer, load_manifests
     from finetune_local.objectstore import start_object_store
     from finetune_local.runner import LocalRunner
 
-    cluster = LocalCluster(work_dir=work_dir)
+    cluster = LocalCluster(work_dir=work_dir, real=assets is not None)
     try:
-        cluster.api = KubeApiServer().start()
-        cluster.stack.callback(cluster.api.stop)
-        cluster.kubeconfig = cluster.api.write_kubeconfig(work_dir / "kubeconfig", namespace=NAMESPACE)
-        cluster.api.apply([d for d in load_manifests(CRDS) if d.get("kind") == "CustomResourceDefinition"])
-        say(f"Kubernetes API server   {cluster.api.url}  (kubeconfig {cluster.kubeconfig})")
+        crds = [d for d in load_manifests(CRDS) if d.get("kind") == "CustomResourceDefinition"]
+        if assets is not None:
+            cluster.api = ControlPlane(assets, work_dir / "controlplane").start()
+            cluster.stack.callback(cluster.api.stop)
+            cluster.kubeconfig = cluster.api.write_kubeconfig(work_dir / "kubeconfig", namespace=NAMESPACE)
+            cluster.api.apply(crds)
+            cluster.operator_kubeconfig = grant_operator(cluster.api, work_dir / "operator.kubeconfig")
+            say(f"Kubernetes API server   {cluster.api.url}  (kube-apiserver {cluster.api.version}, etcd and "
+                f"kube-controller-manager; kubeconfig {cluster.kubeconfig})")
+        else:
+            cluster.api = KubeApiServer().start()
+            cluster.stack.callback(cluster.api.stop)
+            cluster.kubeconfig = cluster.api.write_kubeconfig(work_dir / "kubeconfig", namespace=NAMESPACE)
+            cluster.operator_kubeconfig = cluster.kubeconfig
+            cluster.api.apply(crds)
+            say(f"Kubernetes API server   {cluster.api.url}  (kubeconfig {cluster.kubeconfig})")
 
         cluster.store = start_object_store(work_dir / "s3", bucket=BUCKET)
         cluster.stack.callback(cluster.store.stop)
@@ -107,7 +126,7 @@ def start_cluster(work_dir: Path) -> LocalCluster:
 
         with cluster.client() as api:
             core = kubernetes.client.CoreV1Api(api)
-            core.create_namespace({"metadata": {"name": NAMESPACE}})
+            core.create_namespace({"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
             core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "finetune-storage"},
                                                       "stringData": {"accessKey": cluster.store.access_key,
                                                                      "secretKey": cluster.store.secret_key}})
@@ -115,11 +134,15 @@ def start_cluster(work_dir: Path) -> LocalCluster:
         # The runner plays the nodes: it runs the operator's Jobs and Deployments as local processes, with
         # this environment's `finetune-trainer` in place of the trainer image.
         cluster.runner = LocalRunner(cluster.kubeconfig, namespace=NAMESPACE, work_dir=work_dir / "runner",
-                                     grace_period_cap=10, extra_path=[str(Path(sys.executable).parent)])
+                                     grace_period_cap=10, extra_path=[str(Path(sys.executable).parent)],
+                                     kubelet_only=cluster.real)
         cluster.runner.start()
         cluster.stack.callback(cluster.runner.stop)
-        cluster.api.set_log_provider(cluster.runner.pod_log)  # `kubectl logs` reads the runner's logs
-        say("Runner                  in place of the nodes: Jobs and Deployments run as local processes")
+        if cluster.real:
+            say(f"Runner                  node {cluster.runner.node_name}: pods bound to it run as local processes")
+        else:
+            cluster.api.set_log_provider(cluster.runner.pod_log)  # `kubectl logs` reads the runner's logs
+            say("Runner                  in place of the nodes: Jobs and Deployments run as local processes")
 
         start_operator(cluster)
         say(f"Operator                python -m finetune_operator  (metrics http://127.0.0.1:{cluster.metrics_port}/metrics, "
@@ -140,7 +163,7 @@ def start_operator(cluster: LocalCluster) -> None:
     cluster.metrics_port, health_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FINETUNE_")}
     env.update({
-        "KUBECONFIG": str(cluster.kubeconfig),
+        "KUBECONFIG": str(cluster.operator_kubeconfig),
         "FINETUNE_NAMESPACE": NAMESPACE,
         "FINETUNE_STORAGE_ENDPOINT": cluster.store.endpoint,
         "FINETUNE_STORAGE_SECURE": "false",
@@ -432,12 +455,13 @@ class DemoResult:
     seconds: float
 
 
-def run(work_dir: Path, keep: bool = False, timeout: float = 600) -> DemoResult:
-    """The demo (raises DemoFailed when a step does not happen in time or an object fails)."""
+def run(work_dir: Path, keep: bool = False, timeout: float = 600, assets: Path | None = None) -> DemoResult:
+    """The demo (raises DemoFailed when a step does not happen in time or an object fails); on a real control
+    plane when ``assets`` names the envtest folder."""
     started = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
     step("Starting a cluster on this machine")
-    cluster = start_cluster(work_dir)
+    cluster = start_cluster(work_dir, assets)
     with cluster.stack:
         step("Making the base model, the data and the endpoint's API key")
         prepare_inputs(cluster)
@@ -475,13 +499,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", type=Path, default=REPO_ROOT / ".demo", help="where state and logs go (default .demo/)")
     parser.add_argument("--keep", action="store_true", help="keep everything running after the table, until Ctrl-C")
     parser.add_argument("--timeout", type=float, default=600, help="seconds before the demo gives up (default 600)")
+    parser.add_argument("--api-server", choices=("auto", "real", "project"), default="auto",
+                        help="real: kube-apiserver, etcd and kube-controller-manager from $KUBEBUILDER_ASSETS; project: the "
+                             "project's own API server; auto (default): real when KUBEBUILDER_ASSETS is set")
     args = parser.parse_args(argv)
+    from finetune_local.controlplane import ASSETS_ENV, ControlPlaneError, assets_from_environment
+
+    try:
+        assets = None if args.api_server == "project" else assets_from_environment()
+    except ControlPlaneError as error:
+        parser.error(str(error))
+    if args.api_server == "real" and assets is None:
+        parser.error(f"--api-server real needs {ASSETS_ENV} (the envtest folder: etcd, kube-apiserver, kube-controller-manager)")
     if args.work_dir.exists():
         import shutil
 
         shutil.rmtree(args.work_dir)
     try:
-        run(args.work_dir, keep=args.keep, timeout=args.timeout)
+        run(args.work_dir, keep=args.keep, timeout=args.timeout, assets=assets)
     except DemoFailed as error:
         say(f"\nThe demo failed: {error}\nLogs: {args.work_dir}/operator.log and {args.work_dir}/runner/logs/")
         return 1

@@ -45,6 +45,10 @@ log = logging.getLogger("finetune_trainer")
 
 TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 WORK_DIR_ENV = "FINETUNE_WORK_DIR"
+HOLD_AT_STEP_ENV = "FINETUNE_HOLD_AT_STEP"
+"""A preemption drill: after this step the trainer writes its progress and holds until it is told to stop
+(SIGTERM), as a drained node or a suspended Job would tell it. Tests use it to stop a run at a known step
+whatever the machine's speed."""
 MERGED_DIR = "merged"
 
 
@@ -626,6 +630,8 @@ class FineTuneRecipe:
                     from finetune_trainer.train.errors import TrainerFailure
 
                     raise TrainerFailure("TrainingDiverged", f"the training loss is {train_loss} at step {self.step}; lower learningRate")
+                if self.step == self.hold_at_step:
+                    self._hold()
                 if group_index == len(groups) - 1:
                     reporter.event(f"Epoch {epoch + 1} completed at step {self.step}", reason="EpochCompleted")
                 if self.step in eval_steps:
@@ -647,6 +653,18 @@ class FineTuneRecipe:
             f"padding {self.padding_fraction:.1%} of tokens processed",
             reason="TrainingCompleted",
         )
+
+    @property
+    def hold_at_step(self) -> int | None:
+        value = os.environ.get(HOLD_AT_STEP_ENV, "").strip()
+        return int(value) if value.isdigit() else None
+
+    def _hold(self) -> None:
+        """Write the progress of this step and wait for SIGTERM (see ``HOLD_AT_STEP_ENV``)."""
+        self.reporter.event(f"Holding at step {self.step} until stopped ({HOLD_AT_STEP_ENV})", reason="Holding")
+        self.reporter.write()
+        while not self.stop_requested:
+            time.sleep(0.02)
 
     def _autocast(self) -> Any:
         import torch
