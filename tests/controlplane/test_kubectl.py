@@ -73,3 +73,15 @@ def test_kubectl_apply_of_the_crds_folder_applies_the_four_crds_and_nothing_else
     assert result.returncode == 0, result.stderr
     applied = sorted(line.split()[0] for line in result.stdout.splitlines())
     assert applied == sorted(f"customresourcedefinition.apiextensions.k8s.io/{kind.plural}.finetune.dev" for kind in KINDS)
+    # kubectl reads YAML 1.1, where an unquoted key `n:` is the boolean false: the server must hold the schema
+    # the files mean (an Evaluation's scores[].n was lost that way, and with it every score's sample count).
+    import yaml
+
+    with kube_api.client() as api:
+        import kubernetes
+
+        extensions = kubernetes.client.ApiextensionsV1Api(api)
+        for kind in KINDS:
+            meant = yaml.safe_load((REPO_ROOT / "crds" / f"{kind.plural}.finetune.dev.yaml").read_text())
+            served = api.sanitize_for_serialization(extensions.read_custom_resource_definition(f"{kind.plural}.finetune.dev"))
+            assert served["spec"]["versions"][0]["schema"] == meant["spec"]["versions"][0]["schema"], kind.kind

@@ -125,9 +125,7 @@ def get_dataset(kube_api, namespace: str, name: str) -> dict:
 @pytest.fixture
 def kubeconfig_in(kube_api, namespace: str, tmp_path: Path) -> Path:
     """A kubeconfig whose context's namespace is the test's namespace (what `kubens` would leave behind)."""
-    from finetune_local.kubeapi import write_kubeconfig
-
-    return write_kubeconfig(kube_api.url, tmp_path / "kubeconfig", namespace=namespace)
+    return kube_api.server.write_kubeconfig(tmp_path / "kubeconfig", namespace=namespace)
 
 
 def test_create_uploads_the_file_and_creates_then_updates_the_dataset(

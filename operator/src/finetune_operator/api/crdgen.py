@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -177,8 +178,26 @@ def build_crd(kind: Kind) -> dict[str, Any]:
     }
 
 
+YAML_11_BOOLEANS = re.compile(r"^(y|Y|yes|Yes|YES|n|N|no|No|NO|true|True|TRUE|false|False|FALSE|on|On|ON|off|Off|OFF)$")
+"""Words YAML 1.1 reads as booleans. kubectl, the API server and Helm's fromYaml parse YAML that way (go-yaml v2
+under sigs.k8s.io/yaml), so an unquoted key `n:` becomes the key "false"; PyYAML reads it as the string."""
+
+
+class _KubernetesYamlDumper(yaml.SafeDumper):
+    """Quotes every string that YAML 1.1 would read as a boolean, so Go's parsers see the same document."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    if YAML_11_BOOLEANS.match(value):
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="'")
+    return dumper.represent_str(value)
+
+
+_KubernetesYamlDumper.add_representer(str, _represent_str)
+
+
 def render(kind: Kind) -> str:
-    return HEADER + yaml.safe_dump(build_crd(kind), sort_keys=False, width=120, allow_unicode=True)
+    return HEADER + yaml.dump(build_crd(kind), Dumper=_KubernetesYamlDumper, sort_keys=False, width=120, allow_unicode=True)
 
 
 def file_name(kind: Kind) -> str:
