@@ -223,7 +223,7 @@ def test_a_suspended_job_runs_no_pods_until_it_is_resumed(cluster: Cluster, runn
     # suspending a running Job stops its pod; resuming starts a new one
     cluster.batch.patch_namespaced_job("held", cluster.namespace, {"spec": {"suspend": True}})
     wait_for("the pod to go", lambda: not [p for p in cluster.job_pods("held") if p.metadata.deletion_timestamp is None])
-    assert cluster.condition(cluster.job("held"), "Suspended")
+    cluster.wait_job_condition("held", "Suspended")  # written after the pods are gone, not with them
     cluster.batch.patch_namespaced_job("held", cluster.namespace, {"spec": {"suspend": False}})
     wait_for("a new running pod", lambda: [p for p in cluster.job_pods("held") if p.status.phase == "Running"])
     go.touch()

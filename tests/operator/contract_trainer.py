@@ -8,7 +8,10 @@ by the base model URI's last segment:
 
 * ``.../fail-bad-input``: exit ExitCode.BAD_INPUT with reason InvalidDataset (like a bad dataset);
 * ``.../crash-once``: crash (exit 1) the first time, succeed on the retry;
-* ``.../slow``: one second a step, long enough to suspend, cancel or kill things mid-run;
+* ``.../slow``: one second a step, to kill things mid-run;
+* ``.../hold``: hold after the first checkpoint until told to stop (SIGTERM, then exit as preempted) or
+  released (an object ``release`` appears in its output folder, then go on); a run that resumes from a
+  checkpoint goes on to the end. What a test does mid-run lands mid-run whatever the machine's speed;
 * anything else: train ``CONTRACT_TRAINER_STEPS`` steps of ``CONTRACT_TRAINER_STEP_SECONDS`` each.
 
     python -m tests.operator.contract_trainer train --config config.json
@@ -101,6 +104,10 @@ class ContractTrainer:
                 checkpoints.append(contract.CheckpointRecord(step=step, uri=self.uri(contract.checkpoint_dir(step))))
                 self.write_progress(checkpoints=checkpoints)
                 self.event(f"Checkpoint saved at step {step}", reason="CheckpointSaved")
+            if behaviour == "hold" and not start and checkpoints:
+                self.event(f"Holding at step {step} until stopped", reason="Holding")
+                while not self.stop and not self.store.exists(self.uri("release")):
+                    time.sleep(0.05)
             if self.stop:
                 self.write_progress(phase="pending", message="preempted")
                 self.event(f"Training stopped at step {step}; will resume from the last checkpoint", reason="Preempted")

@@ -95,13 +95,16 @@ def condition(obj: dict, type_: str) -> dict:
 class FileServer:
     def __init__(self, root: Path, certfile: Path, keyfile: Path):
         files = {"/chats.jsonl": chat_lines(20, topic="shipping")}
+        self.release = threading.Event()
+        """Set it to answer the requests for /held/... (they wait until then)."""
+        server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 (the http.server API)
                 path = self.path
-                if path.startswith("/slow/"):
-                    time.sleep(4)  # long enough to see the Dataset Validating
-                    path = path[len("/slow") :]
+                if path.startswith("/held/"):  # answered once the test releases it: Validating lasts until then
+                    server.release.wait(120)
+                    path = path[len("/held") :]
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     self.send_error(401)
                     return
@@ -126,6 +129,7 @@ class FileServer:
         self.thread.start()
 
     def stop(self) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 
@@ -295,13 +299,15 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
     start_operator()
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
-    cluster.apply(dataset_yaml("support-chats", f"uri: {file_server.url}/slow/chats.jsonl\nsecretRef:\n  name: file-server"))
+    cluster.apply(dataset_yaml("support-chats", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
     cluster.wait_phase("datasets", "support-chats", "Validating")
-    cluster.apply(finetunejob_yaml(name="support-bot", base="s3://finetune/models/slow"))
+    cluster.apply(finetunejob_yaml(name="support-bot", base="s3://finetune/models/hold"))
     waiting = cluster.wait_for("finetunejobs", "support-bot", lambda o: "it is Validating" in o.get("status", {}).get("message", ""), what="to wait")
     assert waiting["status"]["phase"] == "Pending" and cluster.get("datasets", "support-chats")["status"]["phase"] == "Validating"
+    file_server.release.set()
 
-    running = cluster.wait_phase("finetunejobs", "support-bot", "Running", timeout=60)
+    running = cluster.wait_for("finetunejobs", "support-bot", lambda o: (o.get("status", {}).get("checkpoints") or []) != [],
+                               timeout=60, what="to train and hold")  # fmt: skip
     dataset = cluster.get("datasets", "support-chats")
     assert dataset["status"]["phase"] == "Ready" and running["status"]["datasetSha256"] == dataset["status"]["sha256"]
 
@@ -311,6 +317,8 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
     assert held["metadata"]["finalizers"] == ["finetune.dev/finalizer"]
     blocked = eventually(lambda: [e for e in cluster.events_for("support-chats") if e["reason"] == "DeletionBlocked"], what="DeletionBlocked")
     assert "FineTuneJob support-bot" in blocked[0]["message"]
+    release = running["status"]["artifactsUri"].split("/", 3)[3] + "/release"
+    object_store.client().put_object(object_store.bucket, release, io.BytesIO(b"go"), 2)  # the trainer goes on
     cluster.wait_phase("finetunejobs", "support-bot", "Completed", timeout=60)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -327,10 +335,11 @@ def test_an_operator_killed_mid_validation_finds_its_own_job(cluster, object_sto
     operator = start_operator()
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
-    cluster.apply(dataset_yaml("shipping", f"uri: {file_server.url}/slow/chats.jsonl\nsecretRef:\n  name: file-server"))
+    cluster.apply(dataset_yaml("shipping", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
     cluster.wait_phase("datasets", "shipping", "Validating")
     operator.kill()
     start_operator()
+    file_server.release.set()
     ready = cluster.wait_phase("datasets", "shipping", "Ready")
     assert [j.metadata.name for j in cluster.jobs()] == ["shipping-validate-g1"]
     assert ready["status"]["validationJobName"] == "shipping-validate-g1" and ready["status"]["numSamples"] == 20
