@@ -79,11 +79,8 @@ def test_finetunejob_defaults_are_the_hosted_services_defaults():
     assert spec.hyperparameters.batch_size == "auto"
     assert spec.hyperparameters.warmup_ratio == 0.03
     assert spec.hyperparameters.learning_rate is None  # resolved per method below
-    from finetune_operator.reconcile.finetunejob import effective_learning_rate
-
-    assert effective_learning_rate(spec) == 1e-4
-    full = spec.model_copy(update={"method": "full"})
-    assert effective_learning_rate(full) == 1e-5
+    assert spec.hyperparameters.effective_learning_rate(spec.method) == 1e-4
+    assert spec.hyperparameters.effective_learning_rate("full") == 1e-5
 
     # The CRD carries the same defaults, so `kubectl get -o yaml` shows them.
     hp = spec_defaults("finetunejobs.finetune.dev.yaml")["properties"]["hyperparameters"]["properties"]

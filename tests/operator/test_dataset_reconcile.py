@@ -11,9 +11,10 @@ import json
 
 from finetune_operator.config import OperatorConfig
 from finetune_operator.handlers.dataset import users_of
-from finetune_operator.manifests.validation_job import build_validation_children
 from finetune_operator.reconcile.conditions import now, rfc3339
-from finetune_operator.reconcile.dataset import Observed, job_name, reconcile, report_uri
+from finetune_operator.naming import dataset_report_uri as report_uri
+from finetune_operator.naming import validation_job_name as job_name
+from finetune_operator.reconcile.dataset import Observed, reconcile
 from finetune_trainer import contract
 
 CONFIG = OperatorConfig(trainer_image="registry.example/finetune-trainer:1", storage_endpoint="minio:9000", storage_bucket="ft")
@@ -28,18 +29,7 @@ def owner(generation: int = 1) -> dict:
 
 
 def run(spec=SPEC, status=None, observed=None, generation=1, retry_failed=False, config=CONFIG):
-    return reconcile(
-        name="support-chats",
-        namespace="team-a",
-        uid=UID,
-        generation=generation,
-        raw_spec=spec,
-        status=status,
-        observed=observed or Observed(),
-        config=config,
-        build_children=lambda s: build_validation_children(owner(generation), s, config),
-        retry_failed=retry_failed,
-    )
+    return reconcile({**owner(generation), "spec": spec, "status": status}, observed or Observed(), config, retry_failed=retry_failed)
 
 
 def job(*conditions: str, failed: int = 0, generation: int = 1) -> dict:

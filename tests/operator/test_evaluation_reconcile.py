@@ -14,7 +14,6 @@ import pytest
 import yaml
 
 from finetune_operator.config import GpuType, OperatorConfig
-from finetune_operator.manifests.evaluation_job import build_evaluation_children
 from finetune_operator.reconcile.evaluation import Observed, reconcile
 from finetune_trainer import contract
 from tests.chart.pod_security import check_restricted
@@ -54,17 +53,7 @@ INPUTS_READY = dict(dataset=READY_DATASET, finetunejobs={"support-bot": COMPLETE
 
 
 def run(spec=SPEC, status=None, observed=None, config=CONFIG):
-    return reconcile(
-        name="qa",
-        namespace="team-a",
-        uid="u-1",
-        generation=1,
-        raw_spec=spec,
-        status=status,
-        observed=observed or Observed(),
-        config=config,
-        build_children=lambda s, inputs: build_evaluation_children(OWNER, s, inputs, config),
-    )
+    return reconcile({**OWNER, "spec": spec, "status": status}, observed or Observed(), config)
 
 
 def conditions(plan) -> dict[str, dict]:
@@ -429,7 +418,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "deploy" / "examples").
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_the_examples_are_valid_evaluations(path):
     from finetune_operator.api.evaluation import EvaluationSpec
-    from finetune_operator.reconcile.evaluation import operator_side_problems
+    from finetune_operator.api.evaluation import spec_problems as operator_side_problems
 
     [doc] = list(yaml.safe_load_all(path.read_text()))
     assert (doc["apiVersion"], doc["kind"]) == ("finetune.dev/v1alpha1", "Evaluation")

@@ -12,9 +12,9 @@ import copy
 import pytest
 
 from finetune_operator.config import GpuType, OperatorConfig
-from finetune_operator.manifests.trainer_job import build_trainer_children
 from finetune_operator.reconcile.conditions import Conditions
-from finetune_operator.reconcile.finetunejob import Observed, derive_phase, output_model_name, reconcile
+from finetune_operator.naming import output_model_name
+from finetune_operator.reconcile.finetunejob import Observed, derive_phase, reconcile
 from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_trainer import contract
 
@@ -30,17 +30,8 @@ READY_DATASET = {"status": {"phase": "Ready", "trainUri": "s3://ft/datasets/team
 
 
 def run(spec=SPEC, status=None, observed=None, config=CONFIG):
-    return reconcile(
-        name="chat-bot",
-        namespace="team-a",
-        uid="u-1",
-        generation=1,
-        raw_spec=spec,
-        status=status,
-        observed=observed or Observed(),
-        config=config,
-        build_children=lambda s, inputs: build_trainer_children(OWNER, s, inputs, config),
-    )
+    obj = {**OWNER, "spec": spec, "status": status}
+    return reconcile(obj, observed or Observed(), config)
 
 
 def job_of(plan):
@@ -323,4 +314,4 @@ def test_phase_is_derived_from_conditions():
 
 def test_output_model_name_follows_the_together_pattern():
     spec = FineTuneJobSpec.model_validate({"baseModel": {"uri": "s3://models/base/tiny-llama/"}, "dataset": "d"})
-    assert output_model_name("ns", "job1", spec) == "ns/tiny-llama:job1"
+    assert output_model_name("ns", "job1", spec.base_model.uri, spec.suffix) == "ns/tiny-llama:job1"

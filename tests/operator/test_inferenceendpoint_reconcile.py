@@ -17,7 +17,9 @@ from finetune_operator.api.inferenceendpoint import InferenceEndpointSpec
 from finetune_operator.config import GpuType, OperatorConfig
 from finetune_operator.manifests import server
 from finetune_operator.manifests.vllm_auth import RequireApiKey
-from finetune_operator.reconcile.inferenceendpoint import Observed, Reason, differs, reconcile
+from finetune_operator.api.inferenceendpoint import Reason
+from finetune_operator.manifests.common import differs
+from finetune_operator.reconcile.inferenceendpoint import Observed, reconcile
 from finetune_trainer import contract
 from tests.chart.pod_security import check_restricted
 from tests.conftest import REPO_ROOT
@@ -52,17 +54,7 @@ def children(spec: dict, adapters: list[server.ServedAdapter] = (), **kw) -> dic
 
 
 def run(spec: dict, observed: Observed | None = None, status: dict | None = None, name: str = "support"):
-    body = endpoint(spec, name=name)
-    return reconcile(
-        name=name,
-        namespace=NS,
-        generation=1,
-        raw_spec=spec,
-        status=status,
-        observed=observed or Observed(),
-        config=CONFIG,
-        build_children=lambda s, adapters: server.build_server_children(body, s, adapters, CONFIG),
-    )
+    return reconcile({**endpoint(spec, name=name), "status": status}, observed or Observed(), CONFIG)
 
 
 def ready_deployment(ready: int = 1, **status) -> dict:

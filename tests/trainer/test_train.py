@@ -194,5 +194,5 @@ def test_an_invalid_config_names_the_field(tmp_path: Path):
     result = run.run()
     assert result.returncode == ExitCode.BAD_INPUT
     assert run.termination_log.read_text() == (
-        "InvalidConfig: invalid config: hyperparameters.maxSeqLength: Input should be greater than or equal to 16"
+        "InvalidConfig: invalid config: hyperparameters.maxSeqLength: Input should be greater than or equal to 64"
     )

@@ -130,33 +130,72 @@ class StorageConfig(_Model):
 # Training
 
 
-class LoraConfig(_Model):
-    r: int = Field(default=16, ge=1, le=1024)
-    alpha: int = Field(default=32, ge=1, le=4096)
-    dropout: float = Field(default=0.05, ge=0.0, lt=1.0)
+class LoraOptions(_Model):
+    """LoRA options (methods lora and qlora). One definition for the FineTuneJob API and the trainer."""
+
+    r: int = Field(default=16, ge=1, le=512, description="r is the rank of the LoRA update matrices. Default 16.")
+    alpha: int = Field(default=32, ge=1, le=4096, description="alpha scales the LoRA update (alpha / r). Default 32.")
+    dropout: float = Field(default=0.05, ge=0, le=0.9, description="dropout on the LoRA input. Default 0.05.")
+
+
+class LoraConfig(LoraOptions):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
-class Hyperparameters(_Model):
-    epochs: int = Field(default=3, ge=1, le=100)
-    batch_size: int | Literal["auto"] = "auto"
-    """Examples (packed sequences) per optimizer micro-step per process; ``auto`` sizes it to the device."""
-    learning_rate: float | None = Field(default=None, gt=0, le=1)
-    """None: 1e-4 for LoRA and QLoRA, 1e-5 for full fine-tuning."""
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(default=0.03, ge=0, le=1)
-    weight_decay: float = Field(default=0.0, ge=0, le=1)
-    max_grad_norm: float = Field(default=1.0, ge=0)
-    max_seq_length: int = Field(default=2048, ge=16, le=1_048_576)
-    train_on_inputs: Literal["auto", "true", "false"] = "auto"
-    n_checkpoints: int = Field(default=1, ge=0, le=100)
-    n_evals: int = Field(default=0, ge=0, le=100)
-    seed: int = Field(default=42, ge=0, le=2**32 - 1)
-    gradient_accumulation_steps: int = Field(default=1, ge=1, le=1024)
-    packing: bool = True
-    gradient_checkpointing: bool = False
-    max_steps: int | None = Field(default=None, ge=1)
-    """Stop after this many optimizer steps (for smoke tests); None trains all epochs."""
+class TrainingOptions(_Model):
+    """Training hyperparameters a user sets. One definition, its limits and its documentation for both the
+    FineTuneJob API (``spec.hyperparameters``, whose CRD schema is generated from it) and the trainer's config,
+    so a value the API accepts is a value the trainer accepts, and none is lost on the way. Defaults follow
+    the hosted services."""
+
+    epochs: int = Field(default=3, ge=1, le=100, description="epochs over the training data. Default 3.")
+    batch_size: int | Literal["auto"] = Field(
+        default="auto",
+        description="batchSize is the number of (packed) sequences per step per GPU, or `auto` to size it to "
+        "the GPU's memory (like Together's `max` and Azure's -1). Default auto.",
+        json_schema_extra={"x-kubernetes-int-or-string": True},
+    )
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="learningRate is the peak learning rate. Unset: 1e-4 for lora and qlora, 1e-5 for full.",
+    )
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        default="linear", description="lrScheduler shapes the learning rate after warmup: linear, cosine or constant. Default linear."
+    )
+    warmup_ratio: float = Field(
+        default=0.03, ge=0, le=0.5, description="warmupRatio is the fraction of steps spent warming up the learning rate. Default 0.03."
+    )
+    weight_decay: float = Field(default=0.0, ge=0, le=1, description="weightDecay for AdamW. Default 0.")
+    max_seq_length: int = Field(
+        default=2048,
+        ge=64,
+        le=131072,
+        description="maxSeqLength in tokens: longer examples are truncated (and counted in the job's events). Default 2048.",
+    )
+    train_on_inputs: Literal["auto", "true", "false"] = Field(
+        default="auto",
+        description="trainOnInputs: `auto` trains on assistant turns only (chat) or the completion only "
+        "(instruction), `false` likewise, `true` on every token. Default auto.",
+    )
+    n_checkpoints: int = Field(
+        default=1, ge=0, le=100, description="nCheckpoints evenly spaced checkpoints are saved and uploaded; the job resumes from the newest. Default 1."
+    )
+    n_evals: int = Field(
+        default=0, ge=0, le=100, description="nEvals: how many times validation loss is computed during training (needs validation data). Default 0."
+    )
+    seed: int = Field(default=42, ge=0, le=4294967295, description="seed for data order and initialisation. Default 42.")
+    gradient_accumulation_steps: int = Field(
+        default=1, ge=1, le=1024, description="gradientAccumulationSteps: micro-batches per optimizer step. Default 1."
+    )
+    packing: bool = Field(
+        default=True,
+        description="packing concatenates examples into full sequences without cross-attention between them. Default true.",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="gradientCheckpointing trades compute for memory. Default false."
+    )
 
     @field_validator("train_on_inputs", mode="before")
     @classmethod
@@ -166,9 +205,18 @@ class Hyperparameters(_Model):
         return v
 
     def effective_learning_rate(self, method: str) -> float:
+        """The learning rate to train with: the one set, else 1e-4 for lora and qlora, 1e-5 for full."""
         if self.learning_rate is not None:
             return self.learning_rate
         return 1e-5 if method == "full" else 1e-4
+
+
+class Hyperparameters(TrainingOptions):
+    """What the trainer trains with: the user's options and the trainer's own knobs."""
+
+    max_grad_norm: float = Field(default=1.0, ge=0, description="clip gradients to this norm (0: no clipping)")
+    max_steps: int | None = Field(default=None, ge=1)
+    """Stop after this many optimizer steps (for smoke tests); None trains all epochs."""
 
 
 class TrainerConfig(_Model):

@@ -30,6 +30,11 @@ class Kind:
     def crd_name(self) -> str:
         return f"{self.plural}.{GROUP}"
 
+    @property
+    def gvr(self) -> tuple[str, str, str]:
+        """(group, version, plural), as kopf's handler decorators take them."""
+        return (GROUP, VERSION, self.plural)
+
 
 def _condition_column(name: str, type_: str, priority: int = 0) -> dict:
     return {

@@ -12,6 +12,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
+from finetune_trainer import contract
+
 from finetune_operator.api.common import DNS_SUBDOMAIN, MODEL_URI, ApiModel, Condition, SecretKeyRef, cel, conditions_field
 
 KIND = "Dataset"
@@ -171,3 +173,50 @@ class DatasetStatus(ApiModel):
     token_stats: TokenStatsStatus | None = Field(default=None, description="tokenStats: tokens per example (when a tokenizer is named).")
     message_stats: TokenStatsStatus | None = Field(default=None, description="messageStats: messages per example (chat).")
     validation_job_name: str | None = Field(default=None, description="validationJobName of the Job that checked this generation.", max_length=63)
+
+
+# ----------------------------------------------------------------------------------------------
+# The validator's check report (finetune_trainer.contract.DatasetCheckReport) as status shows it
+
+MAX_ERRORS_IN_STATUS = 50
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def check_report_status(report: contract.DatasetCheckReport) -> dict[str, Any]:
+    """The report in the shape of Together's check_file (``status.report``), within the CRD's limits."""
+    errors = [
+        {"line": e.line, "rule": _clip(e.rule, 64), "message": _clip(e.message, 1024)}
+        for e in report.errors[:MAX_ERRORS_IN_STATUS]
+    ]
+    data = report.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data["message"] = _clip(report.message, 4096)
+    data["errors"] = errors
+    data["errorCount"] = max(report.error_count, len(report.errors))
+    return CheckReport.model_validate(data).dump()
+
+
+def first_errors(report: contract.DatasetCheckReport) -> str:
+    """``line 7: unknown role 'bot' (unknown_role)`` for the first error, and how many more there are."""
+    if not report.errors:
+        return report.message or "the check failed"
+    first = report.errors[0]
+    where = f"line {first.line}: " if first.line is not None else ""
+    text = f"{where}{first.message} ({first.rule})"
+    more = max(report.error_count, len(report.errors)) - 1
+    if more > 0:
+        text += f"; {more} more error{'s' if more > 1 else ''}"
+    return text
+
+
+def stats_status(stats: contract.TokenStats | None) -> dict | None:
+    return stats.model_dump(mode="json") if stats is not None else None
+
+
+def ready_message(report: contract.DatasetCheckReport) -> str:
+    total = report.num_samples or 0
+    train = report.train_samples if report.train_samples is not None else total
+    validation = report.validation_samples or 0
+    return f"Dataset ready: {total:,} examples ({train:,} train / {validation:,} validation)"

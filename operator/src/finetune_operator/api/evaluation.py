@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from finetune_trainer import contract
+
+from finetune_operator.config import OperatorConfig
 
 from finetune_operator.api.common import (
     DNS_SUBDOMAIN,
@@ -230,3 +235,132 @@ class EvaluationStatus(ApiModel):
     job_name: str | None = Field(default=None, description="jobName of the evaluation Job.", max_length=63)
     start_time: dt.datetime | None = Field(default=None, description="startTime of the evaluation Job.")
     completion_time: dt.datetime | None = Field(default=None, description="completionTime when scores were written.")
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluator's summary (finetune_trainer.contract.EvaluationSummary) as status shows it, and the gate
+
+
+def _rounded(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), 6)
+
+
+def score_rows(summary: contract.EvaluationSummary) -> list[ScoreStatus]:
+    """status.scores, in the summary's order. A delta is the evaluator's, or mean minus the baseline's
+    mean when both were computed; a missing mean stays missing."""
+    baseline_means = {r.grader: r.mean for r in summary.scores if summary.baseline and r.model == summary.baseline}
+    rows = []
+    for r in summary.scores:
+        mean = _rounded(r.mean)
+        delta = _rounded(r.delta)
+        if delta is None and mean is not None and summary.baseline and r.model != summary.baseline:
+            base = _rounded(baseline_means.get(r.grader))
+            delta = _rounded(mean - base) if base is not None else None
+        if mean is None:
+            delta = None
+        rows.append(
+            ScoreStatus(
+                model=r.model, grader=r.grader, mean=mean, ci_low=_rounded(r.ci_low) if mean is not None else None,
+                ci_high=_rounded(r.ci_high) if mean is not None else None, n=r.n, errors=r.errors, delta=delta,
+            )
+        )
+    return rows
+
+
+def _find(rows: list[ScoreStatus], model: str, grader: str) -> ScoreStatus | None:
+    return next((r for r in rows if r.model == model and r.grader == grader), None)
+
+
+def _candidates(spec: EvaluationSpec) -> list[str]:
+    """The models judged against the baseline: every model but the baseline."""
+    return [m.name for m in spec.models if m.name != spec.baseline]
+
+
+def headline(spec: EvaluationSpec, rows: list[ScoreStatus]) -> str | None:
+    """``f1 0.62 (+0.41)``: the first grader's score of the first non-baseline model, and its delta."""
+    candidates = _candidates(spec) or [spec.models[0].name]
+    grader = spec.graders[0].name
+    row = _find(rows, candidates[0], grader)
+    if row is None:
+        return None
+    if row.mean is None:
+        return f"{grader} n/a"
+    text = f"{grader} {row.mean:.2f}"
+    if row.delta is not None:
+        text += f" ({row.delta:+.2f})"
+    return text
+
+
+def pass_verdict(criterion: PassCriterion, spec: EvaluationSpec, rows: list[ScoreStatus]) -> tuple[bool, str, str]:
+    """(passed, reason, message) of the pass criterion over every non-baseline model."""
+    grader = criterion.grader
+    needs = []
+    if criterion.min_score is not None:
+        needs.append(f"{grader} >= {criterion.min_score:g}")
+    if criterion.min_delta is not None:
+        needs.append(f"delta >= {criterion.min_delta:+g}")
+    rule = " and ".join(needs)
+    missing, failing, passing = [], [], []
+    for model in _candidates(spec) or [m.name for m in spec.models]:
+        row = _find(rows, model, grader)
+        if row is None or row.mean is None:
+            missing.append(f"{model} has no {grader} score")
+            continue
+        if criterion.min_delta is not None and row.delta is None:
+            missing.append(f"{model} has no {grader} delta (the baseline has no score)")
+            continue
+        text = f"{model}: {grader} {row.mean:.3f}" + (f" ({row.delta:+.3f})" if row.delta is not None else "")
+        ok = (criterion.min_score is None or row.mean >= criterion.min_score) and (criterion.min_delta is None or (row.delta is not None and row.delta >= criterion.min_delta))
+        (passing if ok else failing).append(text)
+    if missing:
+        return False, Reason.SCORE_MISSING, f"{'; '.join(missing)} (needs {rule})"
+    if failing:
+        return False, Reason.CRITERION_NOT_MET, f"{'; '.join(failing)} (needs {rule})"
+    return True, Reason.CRITERION_MET, f"{'; '.join(passing)} (needs {rule})"
+
+
+# ----------------------------------------------------------------------------------------------
+# What the schema cannot check
+
+
+def spec_problems(spec: EvaluationSpec, config: OperatorConfig) -> list[str]:
+    """What the CRD's schema and CEL rules say too (an API server may skip a rule), and what only the
+    operator knows (its GPU types)."""
+    problems = []
+    models = [m.name for m in spec.models]
+    graders = [g.name for g in spec.graders]
+    for field_name, names in (("models", models), ("graders", graders)):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            problems.append(f"spec.{field_name}: names must be unique; repeated: {', '.join(repeated)}")
+    for i, m in enumerate(spec.models):
+        if sum(x is not None for x in (m.inference_endpoint, m.fine_tune_job, m.base_model)) != 1:
+            problems.append(f"spec.models[{i}]: set exactly one of inferenceEndpoint, fineTuneJob and baseModel")
+        if m.model and not m.inference_endpoint:
+            problems.append(f"spec.models[{i}].model: model goes with inferenceEndpoint")
+    for i, g in enumerate(spec.graders):
+        if g.type == "regex" and not g.pattern:
+            problems.append(f"spec.graders[{i}].pattern: a regex grader needs a pattern")
+        if g.type == "llm_judge" and (g.judge is None or not g.rubric):
+            problems.append(f"spec.graders[{i}].judge: an llm_judge grader needs judge and rubric")
+        if g.judge is not None and (g.judge.inference_endpoint is None) == (g.judge.url is None):
+            problems.append(f"spec.graders[{i}].judge: set exactly one of inferenceEndpoint and url")
+    if spec.baseline and spec.baseline not in models:
+        problems.append(f"spec.baseline: {spec.baseline!r} is not one of the models ({', '.join(models)})")
+    criterion = spec.pass_criterion
+    if criterion is not None:
+        if criterion.grader not in graders:
+            problems.append(f"spec.passCriterion.grader: {criterion.grader!r} is not one of the graders ({', '.join(graders)})")
+        if criterion.min_delta is None and criterion.min_score is None:
+            problems.append("spec.passCriterion: set minDelta or minScore")
+        if criterion.min_delta is not None and not spec.baseline:
+            problems.append("spec.passCriterion.minDelta: a delta needs a baseline (spec.baseline)")
+        if spec.baseline and len(spec.models) < 2:
+            problems.append("spec.passCriterion: every model is the baseline; there is no model to judge")
+    gpu_type = spec.resources.gpu_type
+    if gpu_type and gpu_type not in config.gpu_types:
+        known = ", ".join(sorted(config.gpu_types)) or "none are configured"
+        problems.append(f"spec.resources.gpuType: unknown GPU type {gpu_type!r} (known: {known})")
+    return problems

@@ -8,10 +8,15 @@ store) is operator configuration. Everything but ``suspend``, ``cancel``, ``queu
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from finetune_trainer import contract
+
+from finetune_operator.config import OperatorConfig
 
 from finetune_operator.api.common import (
     DNS_LABEL,
@@ -40,7 +45,8 @@ class ConditionType:
 
     VALIDATED = "Validated"
     """The spec is valid and its inputs are ready. Reasons: InputsReady, InvalidSpec, DatasetNotFound,
-    DatasetNotReady, DatasetInvalid, CheckpointNotFound, CheckpointNotReady."""
+    DatasetNotReady, DatasetInvalid, DatasetChanged (the Job is gone and its Dataset holds other data now),
+    CheckpointNotFound, CheckpointNotReady, SecretNotFound, PodPending."""
     ADMITTED = "Admitted"
     """The Job may start: not suspended and, with a queue, admitted by Kueue. Reasons: Admitted,
     WaitingForQueue, Suspended."""
@@ -84,14 +90,13 @@ class Reason:
     JOB_DELETED = "JobDeleted"
     CANCELLED = "Cancelled"
     TRAINER_FAILED = "TrainerFailed"
+    DATASET_CHANGED = "DatasetChanged"
 
 
-class LoraSpec(ApiModel):
-    """LoRA options (methods lora and qlora)."""
+class LoraSpec(ApiModel, contract.LoraOptions):
+    """LoRA options (methods lora and qlora). r, alpha and dropout are defined once, in the operator-trainer
+    contract (``finetune_trainer.contract.LoraOptions``)."""
 
-    r: int = Field(default=16, ge=1, le=512, description="r is the rank of the LoRA update matrices. Default 16.")
-    alpha: int = Field(default=32, ge=1, le=4096, description="alpha scales the LoRA update (alpha / r). Default 32.")
-    dropout: float = Field(default=0.05, ge=0, le=0.9, description="dropout on the LoRA input. Default 0.05.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"],
         min_length=1,
@@ -102,57 +107,9 @@ class LoraSpec(ApiModel):
     )
 
 
-class Hyperparameters(ApiModel):
-    """Training hyperparameters. Defaults follow the hosted services."""
-
-    epochs: int = Field(default=3, ge=1, le=100, description="epochs over the training data. Default 3.")
-    batch_size: int | Literal["auto"] = Field(
-        default="auto",
-        description="batchSize is the number of (packed) sequences per step per GPU, or `auto` to size it to "
-        "the GPU's memory (like Together's `max` and Azure's -1). Default auto.",
-        json_schema_extra={"x-kubernetes-int-or-string": True},
-    )
-    learning_rate: float | None = Field(
-        default=None,
-        gt=0,
-        le=1,
-        description="learningRate is the peak learning rate. Unset: 1e-4 for lora and qlora, 1e-5 for full.",
-    )
-    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
-        default="linear", description="lrScheduler shapes the learning rate after warmup: linear, cosine or constant. Default linear."
-    )
-    warmup_ratio: float = Field(
-        default=0.03, ge=0, le=0.5, description="warmupRatio is the fraction of steps spent warming up the learning rate. Default 0.03."
-    )
-    weight_decay: float = Field(default=0.0, ge=0, le=1, description="weightDecay for AdamW. Default 0.")
-    max_seq_length: int = Field(
-        default=2048,
-        ge=64,
-        le=131072,
-        description="maxSeqLength in tokens: longer examples are truncated (and counted in the job's events). Default 2048.",
-    )
-    train_on_inputs: Literal["auto", "true", "false"] = Field(
-        default="auto",
-        description="trainOnInputs: `auto` trains on assistant turns only (chat) or the completion only "
-        "(instruction), `false` likewise, `true` on every token. Default auto.",
-    )
-    n_checkpoints: int = Field(
-        default=1, ge=0, le=100, description="nCheckpoints evenly spaced checkpoints are saved and uploaded; the job resumes from the newest. Default 1."
-    )
-    n_evals: int = Field(
-        default=0, ge=0, le=100, description="nEvals: how many times validation loss is computed during training (needs validation data). Default 0."
-    )
-    seed: int = Field(default=42, ge=0, le=4294967295, description="seed for data order and initialisation. Default 42.")
-    gradient_accumulation_steps: int = Field(
-        default=1, ge=1, le=1024, description="gradientAccumulationSteps: micro-batches per optimizer step. Default 1."
-    )
-    packing: bool = Field(
-        default=True,
-        description="packing concatenates examples into full sequences without cross-attention between them. Default true.",
-    )
-    gradient_checkpointing: bool = Field(
-        default=False, description="gradientCheckpointing trades compute for memory. Default false."
-    )
+class Hyperparameters(ApiModel, contract.TrainingOptions):
+    """Training hyperparameters. Defaults follow the hosted services. Each field, its limits and its words
+    are defined once, in the operator-trainer contract (``finetune_trainer.contract.TrainingOptions``)."""
 
     crd_extra: ClassVar[dict[str, Any]] = {
         "x-kubernetes-validations": [
@@ -352,3 +309,39 @@ class FineTuneJobStatus(ApiModel):
     dataset_sha256: str | None = Field(default=None, description="datasetSha256 of the training data this job uses.", max_length=64)
     queue: QueueStatus | None = Field(default=None, description="queue the job waits in, while Queued.")
     retries: int = Field(default=0, ge=0, description="retries of the trainer pod so far.")
+
+
+def progress_status(progress: contract.Progress) -> dict[str, Any]:
+    """``status.progress`` from the trainer's progress.json: percent and a summary for ``kubectl get``."""
+    total = progress.total_steps or 0
+    percent = min(100, int(100 * progress.step / total)) if total else 0
+    out: dict[str, Any] = {
+        "step": progress.step,
+        "percent": percent,
+        "summary": f"{percent}% ({progress.step}/{total})" if total else progress.phase,
+        "epoch": round(progress.epoch, 3),
+        "updatedAt": progress.updated_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if total:
+        out["totalSteps"] = total
+    for key, value in (("trainLoss", progress.train_loss), ("evalLoss", progress.eval_loss), ("tokensPerSecond", progress.tokens_per_second)):
+        if value is not None and math.isfinite(value):
+            out[key] = round(float(value), 6)
+    if progress.eta_seconds is not None and math.isfinite(progress.eta_seconds):
+        out["etaSeconds"] = max(0, int(progress.eta_seconds))
+    return out
+
+
+def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> list[str]:
+    """What the CRD schema cannot check: references to operator configuration, self-references."""
+    problems = []
+    if spec.resources.gpu_type and spec.resources.gpu_type not in config.gpu_types:
+        known = ", ".join(sorted(config.gpu_types)) or "none are configured"
+        problems.append(f"spec.resources.gpuType: unknown GPU type {spec.resources.gpu_type!r} (known: {known})")
+    if spec.from_checkpoint and spec.from_checkpoint.partition(":")[0] == name:
+        problems.append("spec.fromCheckpoint: a job cannot continue from itself")
+    if spec.method == "qlora" and spec.resources.gpus == 0:
+        problems.append("spec.method: qlora needs GPUs (resources.gpus > 0)")
+    if spec.num_nodes > 1 and spec.resources.gpus == 0:
+        problems.append("spec.numNodes: more than one node needs GPUs on each (resources.gpus > 0)")
+    return problems

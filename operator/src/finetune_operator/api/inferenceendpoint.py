@@ -39,6 +39,26 @@ class ConditionType:
     WaitingForServer, AdapterLoading, AdapterLoadFailed."""
 
 
+class Reason:
+    # condition Ready
+    READY = "Ready"
+    DEPLOYING = "Deploying"
+    NO_READY_REPLICAS = "NoReadyReplicas"
+    INVALID_SPEC = "InvalidSpec"
+    DEPLOYMENT_FAILED = "DeploymentFailed"
+    SECRET_NOT_FOUND = "SecretNotFound"
+    # condition AdaptersReady
+    ALL_ADAPTERS_READY = "AllAdaptersReady"
+    ADAPTER_NOT_READY = "AdapterNotReady"
+    # per adapter (status.adapters[].reason)
+    FINETUNEJOB_NOT_FOUND = "FineTuneJobNotFound"
+    FINETUNEJOB_NOT_COMPLETED = "FineTuneJobNotCompleted"
+    NOT_AN_ADAPTER = "NotAnAdapter"
+    ADAPTER_LOADING = "AdapterLoading"
+    ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
+    WAITING_FOR_SERVER = "WaitingForServer"
+
+
 class AdapterSpec(ApiModel):
     """A LoRA adapter to serve: a FineTuneJob's output or a folder URI."""
 

@@ -11,17 +11,17 @@ from finetune_trainer import contract
 from pydantic import ValidationError
 
 from finetune_operator import kube as k
-from finetune_operator import metrics, runtime
+from finetune_operator import metrics, naming, runtime
+from finetune_operator.api import DATASET
 from finetune_operator.api.dataset import KIND
 from finetune_operator.api.finetunejob import TERMINAL_PHASES
 from finetune_operator.handlers import common
-from finetune_operator.manifests.validation_job import build_validation_children
 from finetune_operator.reconcile import dataset as rec
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("finetune.dev", "v1alpha1", "datasets")
-OWNER_LABEL = "finetune.dev/dataset"
+DATASETS = DATASET.gvr
+OWNER_LABEL = naming.owner_label(KIND)
 FINAL_PHASES = ("Ready", "Invalid")
 DELETE_RETRY_SECONDS = 10
 
@@ -38,14 +38,14 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     observed = rec.Observed()
     if status.get("observedGeneration") == generation and status.get("phase") in FINAL_PHASES:
         return observed  # final for this generation: nothing to read
-    child = rec.job_name(name, generation)
+    child = naming.validation_job_name(name, generation)
     observed.job = rt.kube.get(k.JOBS, ns, child)
     if observed.job is None:
         return observed
-    observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"batch.kubernetes.io/job-name={child}")
+    observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={child}")
     if not _finished_or_failing(observed.job):
         return observed
-    data = rt.storage.read_json(rec.report_uri(rt.config, ns, name, uid, generation))
+    data = rt.storage.read_json(naming.dataset_report_uri(rt.config, ns, name, uid, generation))
     if data is not None:
         try:
             observed.report = contract.DatasetCheckReport.model_validate(data)
@@ -54,28 +54,17 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
             observed.report_malformed = True
     report = observed.report
     if report is not None and report.is_check_passed and report.sha256:
-        observed.manifest_exists = rt.storage.manifest_exists(rec.folder_uri(rt.config, ns, name, report.sha256))
+        observed.manifest_exists = rt.storage.manifest_exists(naming.dataset_folder_uri(rt.config, ns, name, report.sha256))
     return observed
 
 
-def reconcile_dataset(namespace: str, name: str, body: dict | None = None, retry_failed: bool = False) -> rec.Plan | None:
+def reconcile_dataset(namespace: str, name: str, body: dict | None = None, retry_failed: bool = False) -> rec.DatasetPlan | None:
     """Read, decide, act, write status. Serialised per object."""
 
-    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
-        return rec.reconcile(
-            name=name,
-            namespace=namespace,
-            uid=fresh["metadata"]["uid"],
-            generation=fresh["metadata"].get("generation"),
-            raw_spec=fresh.get("spec", {}),
-            status=fresh.get("status"),
-            observed=_observe(fresh, rt),
-            config=rt.config,
-            build_children=lambda spec: build_validation_children(fresh, spec, rt.config),
-            retry_failed=retry_failed,
-        )
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.DatasetPlan:
+        return rec.reconcile(fresh, _observe(fresh, rt), rt.config, retry_failed=retry_failed)
 
-    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.DatasetPlan) -> None:
         for child in plan.create:
             rt.kube.create(child)
         for job in plan.delete_jobs:

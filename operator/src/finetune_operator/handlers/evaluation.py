@@ -12,16 +12,16 @@ from finetune_trainer import contract
 from pydantic import ValidationError
 
 from finetune_operator import kube as k
-from finetune_operator import metrics, runtime
+from finetune_operator import metrics, naming, runtime
+from finetune_operator.api import DATASET, EVALUATION, FINETUNEJOB, INFERENCEENDPOINT
 from finetune_operator.api.evaluation import KIND
 from finetune_operator.handlers import common
-from finetune_operator.manifests.evaluation_job import build_evaluation_children
 from finetune_operator.reconcile import evaluation as rec
 
 logger = logging.getLogger(__name__)
 
-EVALUATIONS = ("finetune.dev", "v1alpha1", "evaluations")
-OWNER_LABEL = "finetune.dev/evaluation"
+EVALUATIONS = EVALUATION.gvr
+OWNER_LABEL = naming.owner_label(KIND)
 FINAL_PHASES = ("Completed", "Failed")
 PROGRESS_INTERVAL_SECONDS = 5
 
@@ -44,7 +44,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     observed = rec.Observed()
     if status.get("phase") in FINAL_PHASES and status.get("conditions"):
         return observed
-    observed.job = rt.kube.get(k.JOBS, ns, rec.job_name(name))
+    observed.job = rt.kube.get(k.JOBS, ns, naming.evaluation_job_name(name))
     if observed.job is None:
         # Inputs matter only until the Job exists: its config is fixed then.
         if spec.get("dataset"):
@@ -53,8 +53,8 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
         observed.finetunejobs = {j: rt.kube.get(k.FINETUNEJOBS, ns, j) for j in sorted(jobs)}
         observed.endpoints = {e: rt.kube.get(k.INFERENCEENDPOINTS, ns, e) for e in sorted(endpoints)}
         return observed
-    observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"batch.kubernetes.io/job-name={rec.job_name(name)}")
-    output = rec.output_uri(rt.config, ns, name, uid)
+    observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={naming.evaluation_job_name(name)}")
+    output = naming.evaluation_output_uri(rt.config, ns, name, uid)
     observed.progress = rt.storage.read_progress(output)
     if _ended(observed.job, "Complete", "SuccessCriteriaMet"):
         observed.results_complete = rt.storage.manifest_exists(output)
@@ -68,23 +68,13 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def reconcile_evaluation(namespace: str, name: str, body: dict | None = None) -> rec.Plan | None:
+def reconcile_evaluation(namespace: str, name: str, body: dict | None = None) -> rec.EvaluationPlan | None:
     """Read, decide, act, write status. Serialised per object."""
 
-    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
-        return rec.reconcile(
-            name=name,
-            namespace=namespace,
-            uid=fresh["metadata"]["uid"],
-            generation=fresh["metadata"].get("generation"),
-            raw_spec=fresh.get("spec", {}),
-            status=fresh.get("status"),
-            observed=_observe(fresh, rt),
-            config=rt.config,
-            build_children=lambda spec, inputs: build_evaluation_children(fresh, spec, inputs, rt.config),
-        )
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.EvaluationPlan:
+        return rec.reconcile(fresh, _observe(fresh, rt), rt.config)
 
-    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.EvaluationPlan) -> None:
         for child in plan.create:
             rt.kube.create(child)
 
@@ -137,25 +127,25 @@ def _wake(kind: str, namespace: str, name: str, index: kopf.Index) -> None:
         reconcile_evaluation(namespace, evaluation)
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "datasets", field="status.phase")
+@kopf.on.field(*DATASET.gvr, field="status.phase")
 def on_dataset_phase_for_evaluations(namespace: str, name: str, evaluations_by_input: kopf.Index, **_: Any) -> None:
     """A Dataset became Ready: the Evaluations waiting for it start at once."""
     _wake("Dataset", namespace, name, evaluations_by_input)
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "finetunejobs", field="status.phase")
+@kopf.on.field(*FINETUNEJOB.gvr, field="status.phase")
 def on_finetunejob_phase_for_evaluations(namespace: str, name: str, evaluations_by_input: kopf.Index, **_: Any) -> None:
     """A FineTuneJob completed: the Evaluations of its model start at once."""
     _wake("FineTuneJob", namespace, name, evaluations_by_input)
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "inferenceendpoints", field="status.phase")
+@kopf.on.field(*INFERENCEENDPOINT.gvr, field="status.phase")
 def on_endpoint_phase_for_evaluations(namespace: str, name: str, evaluations_by_input: kopf.Index, **_: Any) -> None:
     """An InferenceEndpoint became Ready: the Evaluations of its models start at once."""
     _wake("InferenceEndpoint", namespace, name, evaluations_by_input)
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "inferenceendpoints", field="status.models")
+@kopf.on.field(*INFERENCEENDPOINT.gvr, field="status.models")
 def on_endpoint_models_for_evaluations(namespace: str, name: str, evaluations_by_input: kopf.Index, **_: Any) -> None:
     """A Ready endpoint began serving another model (an adapter hot-loaded): Evaluations of it start at once."""
     _wake("InferenceEndpoint", namespace, name, evaluations_by_input)

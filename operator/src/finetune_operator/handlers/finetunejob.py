@@ -3,23 +3,24 @@ for progress) ends in the same level-triggered ``reconcile_finetunejob``."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
 import kopf
 
 from finetune_operator import kube as k
-from finetune_operator import metrics, runtime
+from finetune_operator import metrics, naming, runtime
+from finetune_operator.api import DATASET, FINETUNEJOB
 from finetune_operator.api.finetunejob import KIND, TERMINAL_PHASES
 from finetune_operator.config import OperatorConfig
 from finetune_operator.handlers import common
-from finetune_operator.manifests.trainer_job import build_trainer_children
 from finetune_operator.reconcile import finetunejob as rec
 
 logger = logging.getLogger(__name__)
 
-FTJ = ("finetune.dev", "v1alpha1", "finetunejobs")
-OWNER_LABEL = "finetune.dev/finetunejob"
+FTJ = FINETUNEJOB.gvr
+OWNER_LABEL = naming.owner_label(KIND)
 _ENV_CONFIG = OperatorConfig.from_env()
 ACTIVE_PHASES = ("Running", "Uploading")
 
@@ -36,9 +37,12 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
         observed.validation_dataset = rt.kube.get(k.DATASETS, ns, spec["validationDataset"])
     if spec.get("fromCheckpoint"):
         observed.checkpoint_source = rt.kube.get(k.FINETUNEJOBS, ns, spec["fromCheckpoint"].partition(":")[0])
-    observed.job = rt.kube.get(k.JOBS, ns, rec.job_name(name))
-    if observed.job is not None:
-        observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"batch.kubernetes.io/job-name={rec.job_name(name)}")
+    child = naming.trainer_job_name(name)
+    observed.job = rt.kube.get(k.JOBS, ns, child)
+    if observed.job is None:
+        observed.config_map = rt.kube.get(k.CONFIGMAPS, ns, child)  # the inputs, if the Job was ever made
+    else:
+        observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={child}")
         if status.get("artifactsUri"):
             observed.progress = rt.storage.read_progress(status["artifactsUri"])
         complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in observed.job.get("status", {}).get("conditions", []) or [])
@@ -47,39 +51,34 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def reconcile_finetunejob(namespace: str, name: str, body: dict | None = None, raise_retry: bool = False) -> rec.Plan | None:
+def queue_wait_seconds(status_before: dict, now_: dt.datetime | None = None) -> float | None:
+    queued_at = (status_before.get("queue") or {}).get("queuedAt")
+    if not queued_at:
+        return None
+    t = dt.datetime.fromisoformat(queued_at.replace("Z", "+00:00"))
+    return max(0.0, ((now_ or dt.datetime.now(dt.UTC)) - t).total_seconds())
+
+
+def reconcile_finetunejob(namespace: str, name: str, body: dict | None = None, raise_retry: bool = False) -> rec.FineTuneJobPlan | None:
     """Read, decide, act, write status. Serialised per object."""
 
-    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
-        plan = rec.reconcile(
-            name=name,
-            namespace=namespace,
-            uid=fresh["metadata"]["uid"],
-            generation=fresh["metadata"].get("generation"),
-            raw_spec=fresh.get("spec", {}),
-            status=fresh.get("status"),
-            observed=_observe(fresh, rt),
-            config=rt.config,
-            build_children=lambda spec, inputs: build_trainer_children(fresh, spec, inputs, rt.config),
-        )
-        if plan.new_phase != "Queued" and (fresh.get("status") or {}).get("queue"):
-            plan.status["queue"] = None
-        return plan
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.FineTuneJobPlan:
+        return rec.reconcile(fresh, _observe(fresh, rt), rt.config)
 
-    def act(fresh: dict, rt: runtime.Runtime, plan: rec.Plan) -> None:
+    def act(fresh: dict, rt: runtime.Runtime, plan: rec.FineTuneJobPlan) -> None:
         for child in plan.create:
             rt.kube.create(child)
         if plan.job_patch:
-            rt.kube.patch(k.JOBS, namespace, rec.job_name(name), plan.job_patch)
+            rt.kube.patch(k.JOBS, namespace, naming.trainer_job_name(name), plan.job_patch)
         if plan.delete_job:
-            rt.kube.delete(k.JOBS, namespace, rec.job_name(name))
+            rt.kube.delete(k.JOBS, namespace, naming.trainer_job_name(name))
 
     done = common.reconcile_object(KIND, k.FINETUNEJOBS, namespace, name, body, decide, act)
     if done is None:
         return None
     fresh, plan = done
     if plan.new_phase == "Running" and plan.old_phase in ("Queued", "Pending", None):
-        waited = rec.queue_wait_seconds(fresh.get("status") or {})
+        waited = queue_wait_seconds(fresh.get("status") or {})
         if waited is not None:
             metrics.QUEUE_WAIT.observe(waited)
     if raise_retry and plan.retry_after:
@@ -150,7 +149,7 @@ def refresh_queue_position(namespace: str, name: str, status: kopf.Status, queue
         runtime.get().kube.patch_status(k.FINETUNEJOBS, namespace, name, {"queue": {"position": position}})
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "datasets", field="status.phase")
+@kopf.on.field(*DATASET.gvr, field="status.phase")
 def on_dataset_phase(namespace: str, name: str, finetunejobs_by_dataset: kopf.Index, **_: Any) -> None:
     """A Dataset became Ready (or Invalid): the jobs waiting for it move on at once."""
     for job in set(finetunejobs_by_dataset.get((namespace, name), [])):

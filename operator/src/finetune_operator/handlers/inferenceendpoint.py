@@ -13,21 +13,17 @@ from typing import Any
 import kopf
 
 from finetune_operator import kube as k
-from finetune_operator import metrics, runtime
-from finetune_operator.api.inferenceendpoint import KIND
+from finetune_operator import metrics, naming, runtime
+from finetune_operator.api import FINETUNEJOB, INFERENCEENDPOINT
+from finetune_operator.api.inferenceendpoint import KIND, Reason
 from finetune_operator.handlers import common
-from finetune_operator.manifests.server import (
-    PORT,
-    build_server_children,
-    child_name,
-    selector_labels,
-)
+from finetune_operator.manifests.common import differs
 from finetune_operator.reconcile import inferenceendpoint as rec
 
 logger = logging.getLogger(__name__)
 
-IE = ("finetune.dev", "v1alpha1", "inferenceendpoints")
-OWNER_LABEL = "finetune.dev/inferenceendpoint"
+IE = INFERENCEENDPOINT.gvr
+OWNER_LABEL = naming.owner_label(KIND)
 SERVER_HEALTH_TIMEOUT = 2.0
 ADAPTER_POLL_SECONDS = 5
 
@@ -44,7 +40,7 @@ def server_adapters(pod: dict) -> list[dict] | None:
         return None
     host = f"[{ip}]" if ":" in ip else ip
     try:
-        with urllib.request.urlopen(f"http://{host}:{PORT}/health", timeout=SERVER_HEALTH_TIMEOUT) as response:
+        with urllib.request.urlopen(f"http://{host}:{naming.SERVER_PORT}/health", timeout=SERVER_HEALTH_TIMEOUT) as response:
             body = json.loads(response.read(1 << 20))
     except urllib.error.HTTPError as e:  # 503 while loading or draining still carries the report
         try:
@@ -65,9 +61,9 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
         job = adapter.get("fineTuneJob") if isinstance(adapter, dict) else None
         if job and job not in observed.finetunejobs:
             observed.finetunejobs[job] = rt.kube.get(k.FINETUNEJOBS, ns, job)
-    observed.deployment = rt.kube.get(k.DEPLOYMENTS, ns, child_name(name))
+    observed.deployment = rt.kube.get(k.DEPLOYMENTS, ns, naming.server_name(name))
     if observed.deployment is not None:
-        selector = ",".join(f"{key}={value}" for key, value in selector_labels(name).items())
+        selector = ",".join(f"{key}={value}" for key, value in naming.server_selector_labels(name).items())
         observed.pods = rt.kube.list(k.PODS, ns, label_selector=selector)
         runtime_label = (observed.deployment["metadata"].get("labels") or {}).get("finetune.dev/runtime")
         if runtime_label == "builtin":
@@ -76,7 +72,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     return observed
 
 
-def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
+def _apply(rt: runtime.Runtime, namespace: str, plan: rec.InferenceEndpointPlan) -> None:
     """Create each child that is missing, patch each that differs, delete what must go."""
     for child in plan.apply:
         resource = k.BY_KIND[child["kind"]]
@@ -86,7 +82,7 @@ def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
             continue
         desired = {key: value for key, value in child.items() if key not in ("apiVersion", "kind", "metadata")}
         desired["metadata"] = {"labels": child["metadata"]["labels"]}
-        if rec.differs(desired, live):
+        if differs(desired, live):
             rt.kube.patch(resource, namespace, child["metadata"]["name"], desired)
             logger.info("%s/%s: updated %s %s", namespace, child["metadata"]["name"], child["kind"], child["metadata"]["name"])
     for kind, child_name_ in plan.delete:
@@ -95,20 +91,11 @@ def _apply(rt: runtime.Runtime, namespace: str, plan: rec.Plan) -> None:
             rt.kube.delete(resource, namespace, child_name_)
 
 
-def reconcile_inferenceendpoint(namespace: str, name: str, body: dict | None = None) -> rec.Plan | None:
+def reconcile_inferenceendpoint(namespace: str, name: str, body: dict | None = None) -> rec.InferenceEndpointPlan | None:
     """Read, decide, act, write status. Serialised per object."""
 
-    def decide(fresh: dict, rt: runtime.Runtime) -> rec.Plan:
-        return rec.reconcile(
-            name=name,
-            namespace=namespace,
-            generation=fresh["metadata"].get("generation"),
-            raw_spec=fresh.get("spec", {}),
-            status=fresh.get("status"),
-            observed=_observe(fresh, rt),
-            config=rt.config,
-            build_children=lambda spec, adapters: build_server_children(fresh, spec, adapters, rt.config),
-        )
+    def decide(fresh: dict, rt: runtime.Runtime) -> rec.InferenceEndpointPlan:
+        return rec.reconcile(fresh, _observe(fresh, rt), rt.config)
 
     done = common.reconcile_object(KIND, k.INFERENCEENDPOINTS, namespace, name, body, decide,
                                    lambda fresh, rt, plan: _apply(rt, namespace, plan))
@@ -119,14 +106,14 @@ def reconcile_inferenceendpoint(namespace: str, name: str, body: dict | None = N
     return plan
 
 
-def _report_adapters(body: dict, plan: rec.Plan) -> None:
+def _report_adapters(body: dict, plan: rec.InferenceEndpointPlan) -> None:
     """An Event when an adapter becomes served, or fails to load."""
     old = {a.get("name"): a for a in ((body.get("status") or {}).get("adapters") or [])}
     for adapter in plan.status.get("adapters") or []:
         before = old.get(adapter["name"]) or {}
         if adapter["ready"] and not before.get("ready"):
             kopf.event(body, type="Normal", reason="AdapterReady", message=f"Adapter {adapter['name']} is served")
-        elif adapter.get("reason") == rec.Reason.ADAPTER_LOAD_FAILED and before.get("reason") != rec.Reason.ADAPTER_LOAD_FAILED:
+        elif adapter.get("reason") == Reason.ADAPTER_LOAD_FAILED and before.get("reason") != Reason.ADAPTER_LOAD_FAILED:
             kopf.event(body, type="Warning", reason="AdapterLoadFailed", message=f"Adapter {adapter['name']}: {adapter.get('message')}")
 
 
@@ -142,7 +129,7 @@ def _waiting(status: dict | None, **_: Any) -> bool:
     status = status or {}
     if status.get("phase") in ("Pending", "Deploying", "Failed"):
         return True
-    loading = (rec.Reason.ADAPTER_LOADING, rec.Reason.WAITING_FOR_SERVER)
+    loading = (Reason.ADAPTER_LOADING, Reason.WAITING_FOR_SERVER)
     return any(a.get("reason") in loading for a in status.get("adapters") or [])
 
 
@@ -169,14 +156,14 @@ def inferenceendpoints_by_finetunejob(namespace: str, name: str, spec: kopf.Spec
     return {(namespace, job): name for job in jobs if job}
 
 
-@kopf.on.field("finetune.dev", "v1alpha1", "finetunejobs", field="status.phase")
+@kopf.on.field(*FINETUNEJOB.gvr, field="status.phase")
 def on_adapter_job_phase(namespace: str, name: str, inferenceendpoints_by_finetunejob: kopf.Index, **_: Any) -> None:
     """A FineTuneJob completed (or was created, or failed): the endpoints serving its adapter move on."""
     for endpoint in set(inferenceendpoints_by_finetunejob.get((namespace, name), [])):
         reconcile_inferenceendpoint(namespace, endpoint)
 
 
-@kopf.on.event("finetune.dev", "v1alpha1", "finetunejobs")
+@kopf.on.event(*FINETUNEJOB.gvr)
 def on_adapter_job_event(type: str, namespace: str, name: str, inferenceendpoints_by_finetunejob: kopf.Index, **_: Any) -> None:
     """A FineTuneJob was deleted: its adapter is no longer resolvable."""
     if type == "DELETED":

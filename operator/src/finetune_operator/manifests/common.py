@@ -124,3 +124,23 @@ def resources(config: OperatorConfig, gpus: int, cpu: str | None, memory: str | 
     if gpus > 0:
         limits[config.gpu_resource] = str(gpus)
     return {"requests": amounts, "limits": limits}
+
+
+def differs(desired: Any, live: Any) -> bool:
+    """True when ``desired`` is not contained in ``live``: some key it sets is missing or has another value.
+
+    The API server adds defaults (``imagePullPolicy``, ``protocol``, ``terminationMessagePath`` ...), so a
+    live object is compared against what the operator asks for, not for equality. Lists must have the
+    same length and match item by item.
+    """
+    if isinstance(desired, dict):
+        if not isinstance(live, dict):
+            return True
+        return any(differs(value, live.get(key)) for key, value in desired.items())
+    if isinstance(desired, list):
+        if not isinstance(live, list) or len(desired) != len(live):
+            return True
+        return any(differs(d, item) for d, item in zip(desired, live, strict=True))
+    if isinstance(desired, (int, float)) and not isinstance(desired, bool) and isinstance(live, str):
+        return str(desired) != live
+    return desired != live

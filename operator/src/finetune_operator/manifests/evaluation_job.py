@@ -7,13 +7,14 @@ endpoint's (or judge's) API key, a Hugging Face token for an hf:// base model.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 
+from finetune_operator import naming
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import EvaluationSpec
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import owner_reference
 from finetune_operator.manifests import common
-from finetune_operator.reconcile.evaluation import Inputs, ResolvedModel, job_name
 from finetune_trainer import contract
 
 KIND_LABEL = "evaluation"
@@ -23,6 +24,30 @@ API_KEYS_MOUNT = "/var/run/secrets/finetune/api-keys"
 HF_TOKEN_MOUNT = "/var/run/secrets/finetune/hf-token"
 API_KEY_FILE = "apiKey"
 HF_TOKEN_FILE = "token"
+
+
+@dataclass
+class ResolvedModel:
+    """One row of the results table, as the evaluation Job reaches it."""
+
+    name: str
+    endpoint: str | None = None
+    model: str | None = None
+    api_key: SecretKeyRef | None = None
+    """Secret (and key) of the endpoint's API key; mounted as a file, never copied."""
+    model_uri: str | None = None
+    adapter_uri: str | None = None
+    hf_token: SecretKeyRef | None = None
+    """Secret with a Hugging Face token for an hf:// model_uri (a FineTuneJob's baseModel.secretRef)."""
+
+
+@dataclass
+class Inputs:
+    dataset_uri: str
+    models: list[ResolvedModel]
+    judges: dict[str, ResolvedModel] = field(default_factory=dict)
+    """The judge of each llm_judge grader, by grader name."""
+    output_uri: str = ""
 
 
 class SecretFiles:
@@ -102,7 +127,7 @@ def build_evaluation_children(owner: dict, spec: EvaluationSpec, inputs: Inputs,
     """[ConfigMap, Job] in creation order."""
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    child = job_name(name)
+    child = naming.evaluation_job_name(name)
     owner_ref = owner_reference(owner)
     labels = common.labels("evaluator", KIND_LABEL, name)
     secrets = SecretFiles()

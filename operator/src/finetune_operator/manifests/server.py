@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune_operator.api.inferenceendpoint import InferenceEndpointSpec
+from finetune_operator import naming
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests import common, vllm_auth
 from finetune_trainer import contract
@@ -34,7 +35,7 @@ KIND_LABEL = "inferenceendpoint"
 COMPONENT = "server"
 CONTAINER = "server"
 FETCH_CONTAINER = "fetch"
-PORT = 8000
+PORT = naming.SERVER_PORT
 PORT_NAME = "http"
 SERVE_CONFIG_FILE = "serve.json"
 FETCH_CONFIG_FILE = "fetch.json"
@@ -64,7 +65,7 @@ class ServedAdapter:
 
 def child_name(name: str) -> str:
     """The name of every child: ``<endpoint>-server``."""
-    return f"{name}-{COMPONENT}"
+    return naming.server_name(name)
 
 
 def effective_runtime(spec: InferenceEndpointSpec) -> str:
@@ -78,12 +79,8 @@ def served_model_name(name: str, spec: InferenceEndpointSpec) -> str:
     return spec.served_model_name or name
 
 
-def service_url(name: str, namespace: str) -> str:
-    return f"http://{child_name(name)}.{namespace}.svc:{PORT}/v1"
-
-
-def selector_labels(name: str) -> dict[str, str]:
-    return {"app.kubernetes.io/component": COMPONENT, f"finetune.dev/{KIND_LABEL}": name}
+service_url = naming.server_url
+selector_labels = naming.server_selector_labels
 
 
 def adapters_hash(adapters: list[ServedAdapter]) -> str:

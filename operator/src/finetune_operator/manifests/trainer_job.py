@@ -1,14 +1,22 @@
 """The children of a FineTuneJob: the trainer config ConfigMap, the batch/v1 Job, and for several
-nodes a headless Service for torchrun's rendezvous. Pure functions of (job, spec, inputs, config)."""
+nodes a headless Service for torchrun's rendezvous. Pure functions of (job, spec, inputs, config).
+
+The ConfigMap holds the job's inputs for good (the trainer config), and the ConfigMap and the Job carry
+the Dataset's sha256: once made, they are what the job was made from, whatever its Dataset says later.
+"""
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
+from finetune_operator import naming
 from finetune_operator.api.finetunejob import FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests import common
-from finetune_operator.reconcile.finetunejob import effective_learning_rate, job_name
 from finetune_trainer import contract
 
 KIND_LABEL = "finetunejob"
@@ -17,44 +25,50 @@ CONFIG_FILE = f"{common.CONFIG_MOUNT}/config.json"
 TOKEN_MOUNT = "/var/run/secrets/finetune/base-model"
 RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9090
+DATASET_SHA_ANNOTATION = "finetune.dev/dataset-sha256"
+"""On the trainer's ConfigMap and Job: the sha256 of the training data they were made from."""
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
-def trainer_config(name: str, namespace: str, spec: FineTuneJobSpec, inputs: dict[str, Any], config: OperatorConfig) -> contract.TrainerConfig:
-    hp = spec.hyperparameters
+@dataclass(frozen=True)
+class TrainerInputs:
+    """What a FineTuneJob trains on and where its files go, resolved from its Datasets (or read back from
+    its ConfigMap, once made)."""
+
+    train_data: list[str]
+    artifacts_uri: str
+    output_model_name: str
+    validation_data: list[str] = field(default_factory=list)
+    dataset_sha256: str | None = None
+    from_checkpoint: str | None = None
+    queue: str | None = None
+    """The Kueue LocalQueue the Job is submitted to (it is created suspended)."""
+
+
+def trainer_config(name: str, namespace: str, spec: FineTuneJobSpec, inputs: TrainerInputs, config: OperatorConfig) -> contract.TrainerConfig:
+    """The trainer's config: the spec's options as the contract defines them (no field is copied by hand), the
+    inputs, and where the store and the secrets are mounted."""
     targets: list[str] | str = "all-linear" if spec.lora.target_modules == ["all-linear"] else list(spec.lora.target_modules)
     token_file = None
     if spec.base_model.secret_ref is not None:
         token_file = f"{TOKEN_MOUNT}/{spec.base_model.secret_ref.key or 'token'}"
+    hyperparameters = spec.hyperparameters.model_dump()
+    hyperparameters["learning_rate"] = spec.hyperparameters.effective_learning_rate(spec.method)
     return contract.TrainerConfig(
         job_name=name,
         namespace=namespace,
         base_model=spec.base_model.uri,
         base_model_token_file=token_file,
-        train_data=inputs["train_data"],
-        validation_data=inputs.get("validation_data", []),
+        train_data=inputs.train_data,
+        validation_data=inputs.validation_data,
         validation_split=spec.validation_split or 0.0,
         method=spec.method,
-        lora=contract.LoraConfig(r=spec.lora.r, alpha=spec.lora.alpha, dropout=spec.lora.dropout, target_modules=targets),
-        hyperparameters=contract.Hyperparameters(
-            epochs=hp.epochs,
-            batch_size=hp.batch_size,
-            learning_rate=effective_learning_rate(spec),
-            lr_scheduler=hp.lr_scheduler,
-            warmup_ratio=hp.warmup_ratio,
-            weight_decay=hp.weight_decay,
-            max_seq_length=hp.max_seq_length,
-            train_on_inputs=hp.train_on_inputs,
-            n_checkpoints=hp.n_checkpoints,
-            n_evals=hp.n_evals,
-            seed=hp.seed,
-            gradient_accumulation_steps=hp.gradient_accumulation_steps,
-            packing=hp.packing,
-            gradient_checkpointing=hp.gradient_checkpointing,
-        ),
+        lora=contract.LoraConfig.model_validate({**spec.lora.model_dump(), "target_modules": targets}),
+        hyperparameters=contract.Hyperparameters.model_validate(hyperparameters),
         merge=spec.output.merge,
-        from_checkpoint=inputs.get("from_checkpoint"),
-        output_uri=inputs["artifacts_uri"],
-        output_model_name=inputs.get("output_model_name"),
+        from_checkpoint=inputs.from_checkpoint,
+        output_uri=inputs.artifacts_uri,
+        output_model_name=inputs.output_model_name,
         storage=contract.StorageConfig(
             endpoint=config.storage_endpoint,
             secure=config.storage_secure,
@@ -67,11 +81,56 @@ def trainer_config(name: str, namespace: str, spec: FineTuneJobSpec, inputs: dic
     )
 
 
-def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: dict[str, Any], config: OperatorConfig) -> list[dict]:
+SPEC_FIELDS_FOR_THE_OPERATOR = {
+    "baseModel.secretRef": "mounted as a file; the config names the file (baseModelTokenFile)",
+    "dataset": "resolved to the Dataset's normalised files (trainData, validationData)",
+    "validationDataset": "resolved to that Dataset's files (validationData)",
+    "fromCheckpoint": "resolved to the other job's checkpoint or model URI (fromCheckpoint)",
+    "resources.gpuType": "node placement of the pod",
+    "resources.cpu": "the container's resources",
+    "resources.memory": "the container's resources",
+    "numNodes": "the Job's completions and the rendezvous env",
+    "suffix": "part of the output model's name (outputModelName)",
+    "queueName": "the Kueue queue label of the Job",
+    "priorityClassName": "the pod's priority class",
+    "suspend": "the Job's suspend",
+    "cancel": "the Job is deleted",
+    "maxDurationSeconds": "the Job's activeDeadlineSeconds",
+    "output.uri": "where the artifacts go (outputUri)",
+}
+"""The FineTuneJob spec fields that shape the Job or are resolved by the operator instead of being handed to
+the trainer as they are (a test holds every other spec field to reaching the trainer's config)."""
+
+
+def inputs_from_config_map(config_map: dict | None, owner_uid: str) -> TrainerInputs | None:
+    """The inputs a job's ConfigMap was made with, when it belongs to the FineTuneJob ``owner_uid``."""
+    if config_map is None:
+        return None
+    refs = (config_map.get("metadata") or {}).get("ownerReferences") or []
+    if not any(ref.get("uid") == owner_uid for ref in refs):
+        return None
+    try:
+        cfg = contract.TrainerConfig.model_validate(json.loads((config_map.get("data") or {}).get("config.json") or "{}"))
+    except (ValueError, ValidationError):
+        return None
+    annotations = (config_map.get("metadata") or {}).get("annotations") or {}
+    queue = ((config_map.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
+    return TrainerInputs(
+        train_data=cfg.train_data,
+        validation_data=cfg.validation_data,
+        dataset_sha256=annotations.get(DATASET_SHA_ANNOTATION),
+        from_checkpoint=cfg.from_checkpoint,
+        artifacts_uri=cfg.output_uri,
+        output_model_name=cfg.output_model_name or "",
+        queue=queue,
+    )
+
+
+def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: TrainerInputs, config: OperatorConfig) -> list[dict]:
     """[ConfigMap, (headless Service), Job] in creation order."""
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
-    child = job_name(name)
+    child = naming.trainer_job_name(name)
     owner_ref = {
         "apiVersion": owner["apiVersion"],
         "kind": owner["kind"],
@@ -80,13 +139,15 @@ def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: dict[str,
         "controller": True,
         "blockOwnerDeletion": True,
     }
-    queue = inputs.get("queue")
+    queue = inputs.queue
     base_labels = common.labels("trainer", KIND_LABEL, name)
     cfg = trainer_config(name, namespace, spec, inputs, config)
+    annotations = {DATASET_SHA_ANNOTATION: inputs.dataset_sha256} if inputs.dataset_sha256 else {}
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": child, "namespace": namespace, "labels": base_labels, "ownerReferences": [owner_ref]},
+        "metadata": {"name": child, "namespace": namespace, "labels": {**base_labels, **({QUEUE_LABEL: queue} if queue else {})},
+                     "annotations": annotations, "ownerReferences": [owner_ref]},
         "data": {"config.json": cfg.to_json()},
     }
     children = [configmap]
@@ -105,7 +166,9 @@ def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: dict[str,
                 },
             }
         )
-    children.append(build_trainer_job(owner_ref, name, namespace, spec, config, queue, base_labels))
+    job = build_trainer_job(owner_ref, name, namespace, spec, config, queue, base_labels)
+    job["metadata"]["annotations"].update(annotations)
+    children.append(job)
     return children
 
 
@@ -131,10 +194,10 @@ def _command(spec: FineTuneJobSpec, child: str) -> tuple[list[str], list[dict[st
 def build_trainer_job(
     owner_ref: dict, name: str, namespace: str, spec: FineTuneJobSpec, config: OperatorConfig, queue: str | None, base_labels: dict[str, str]
 ) -> dict:
-    child = job_name(name)
+    child = naming.trainer_job_name(name)
     labels = dict(base_labels)
     if queue:
-        labels["kueue.x-k8s.io/queue-name"] = queue
+        labels[QUEUE_LABEL] = queue
     command, extra_env = _command(spec, child)
     storage_vol, storage_mount = common.storage_volume(config)
     scratch_vols, scratch_mounts = common.scratch_volumes()

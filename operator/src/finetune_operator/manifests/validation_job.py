@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 from finetune_operator.api.dataset import DatasetSpec
+from finetune_operator import naming
 from finetune_operator.config import OperatorConfig
 from finetune_operator.kube import owner_reference
 from finetune_operator.manifests import common
-from finetune_operator.reconcile.dataset import job_name, output_uri, report_uri
 from finetune_trainer import contract
 
 KIND_LABEL = "dataset"
@@ -50,8 +50,8 @@ def validate_config(name: str, namespace: str, uid: str, generation: int | None,
         min_samples=spec.min_samples,
         max_bytes=spec.max_size_bytes,
         tokenizer=_tokenizer(spec, config),
-        output_uri=output_uri(config, namespace, name),
-        report_uri=report_uri(config, namespace, name, uid, generation),
+        output_uri=naming.dataset_output_uri(config, namespace, name),
+        report_uri=naming.dataset_report_uri(config, namespace, name, uid, generation),
         storage=contract.StorageConfig(
             endpoint=config.storage_endpoint,
             secure=config.storage_secure,
@@ -65,7 +65,7 @@ def build_validation_children(owner: dict, spec: DatasetSpec, config: OperatorCo
     """[ConfigMap, Job] of the owner's current generation, in creation order."""
     meta = owner["metadata"]
     name, namespace, uid, generation = meta["name"], meta["namespace"], meta["uid"], meta.get("generation")
-    child = job_name(name, generation)
+    child = naming.validation_job_name(name, generation)
     owner_ref = owner_reference(owner)
     labels = common.labels("validator", KIND_LABEL, name, {GENERATION_LABEL: str(generation or 0)})
     cfg = validate_config(name, namespace, uid, generation, spec, config)

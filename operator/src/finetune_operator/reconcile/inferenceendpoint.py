@@ -22,42 +22,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from finetune_operator.api.inferenceendpoint import AdapterSpec, ConditionType as C, InferenceEndpointSpec
+from finetune_operator import naming
+from finetune_operator.api.inferenceendpoint import AdapterSpec, InferenceEndpointSpec, InferenceEndpointStatus, Reason
+from finetune_operator.api.inferenceendpoint import ConditionType as C
 from finetune_operator.config import OperatorConfig
-from finetune_operator.manifests.server import ServedAdapter, child_name, effective_runtime, served_model_name, service_url
+from finetune_operator.manifests.server import ServedAdapter, build_server_children, effective_runtime, served_model_name
+from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.conditions import Conditions
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-MAX_NAME_LENGTH = 63 - len("-server")
-
-
-class Reason:
-    # condition Ready
-    READY = "Ready"
-    DEPLOYING = "Deploying"
-    NO_READY_REPLICAS = "NoReadyReplicas"
-    INVALID_SPEC = "InvalidSpec"
-    DEPLOYMENT_FAILED = "DeploymentFailed"
-    SECRET_NOT_FOUND = "SecretNotFound"
-    # condition AdaptersReady
-    ALL_ADAPTERS_READY = "AllAdaptersReady"
-    ADAPTER_NOT_READY = "AdapterNotReady"
-    # per adapter (status.adapters[].reason)
-    FINETUNEJOB_NOT_FOUND = "FineTuneJobNotFound"
-    FINETUNEJOB_NOT_COMPLETED = "FineTuneJobNotCompleted"
-    NOT_AN_ADAPTER = "NotAnAdapter"
-    ADAPTER_LOADING = "AdapterLoading"
-    ADAPTER_LOAD_FAILED = "AdapterLoadFailed"
-    WAITING_FOR_SERVER = "WaitingForServer"
-
-
-@dataclass
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
+MAX_NAME_LENGTH = naming.MAX_NAME_LENGTH - len(naming.SERVER_SUFFIX)
 
 
 @dataclass
@@ -74,16 +48,11 @@ class Observed:
 
 
 @dataclass
-class Plan:
-    status: dict[str, Any]
+class InferenceEndpointPlan(Plan):
     apply: list[dict] = field(default_factory=list)
     """Children as they should be: created when missing, patched when they differ."""
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children that must go (an HPA once min == max)."""
-    events: list[Event] = field(default_factory=list)
-    retry_after: float | None = None
-    old_phase: str | None = None
-    new_phase: str = "Pending"
 
 
 @dataclass
@@ -105,21 +74,13 @@ def derive_phase(conditions: Conditions) -> str:
     return "Deploying"
 
 
-def format_validation_error(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"spec.{loc}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def operator_side_problems(name: str, spec: InferenceEndpointSpec, config: OperatorConfig) -> list[str]:
     """What the CRD schema cannot check: names the children need, operator configuration, runtime rules."""
     problems = []
     if len(name) > MAX_NAME_LENGTH or not DNS_1035_LABEL.match(name):
         problems.append(
             f"metadata.name: must be a DNS label of at most {MAX_NAME_LENGTH} characters that starts with a letter "
-            f"(the Service {child_name(name)!r} is named after it)"
+            f"(the Service {naming.server_name(name)!r} is named after it)"
         )
     if spec.resources.gpu_type and spec.resources.gpu_type not in config.gpu_types:
         known = ", ".join(sorted(config.gpu_types)) or "none are configured"
@@ -205,119 +166,93 @@ def pod_problem(pods: list[dict]) -> tuple[str, str] | None:
     return None
 
 
-def reconcile(
-    *,
-    name: str,
-    namespace: str,
-    generation: int | None,
-    raw_spec: dict,
-    status: dict | None,
-    observed: Observed,
-    config: OperatorConfig,
-    build_children,
-) -> Plan:
-    """Decide the next status and children. ``build_children(spec, [ServedAdapter]) -> [ConfigMap, Deployment, ...]``."""
-    status = dict(status or {})
-    conditions = Conditions.from_status(status, generation)
-    old_phase = status.get("phase")
-    plan = Plan(status={}, old_phase=old_phase)
-    out: dict[str, Any] = {"observedGeneration": generation}
-
-    def finish() -> Plan:
-        phase = derive_phase(conditions)
-        out["phase"] = phase
-        out["conditions"] = conditions.as_list()
-        plan.status = out
-        plan.new_phase = phase
-        if phase != old_phase:
-            plan.events.append(_transition_event(phase, out.get("message", "")))
-        return plan
-
-    try:
-        spec = InferenceEndpointSpec.model_validate(raw_spec)
-    except ValidationError as e:
-        message = format_validation_error(e)
-        conditions.set(C.READY, False, Reason.INVALID_SPEC, message)
-        out["message"] = f"Invalid spec: {message}"
-        return finish()
-    problems = operator_side_problems(name, spec, config)
-    if problems:
-        message = "; ".join(problems)
-        conditions.set(C.READY, False, Reason.INVALID_SPEC, message)
-        out["message"] = f"Invalid spec: {message}"
-        return finish()
-
+def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> InferenceEndpointPlan:
+    """Decide the next status and children of the InferenceEndpoint ``obj`` (as read from the API)."""
+    r = Reconciliation(obj, derive_phase, _transition_event, InferenceEndpointStatus)
+    plan = InferenceEndpointPlan(status={})
+    spec, problem = r.parse(InferenceEndpointSpec)
+    if spec is not None:
+        problem = "; ".join(operator_side_problems(r.name, spec, config)) or None
+    if problem:
+        r.conditions.set(C.READY, False, Reason.INVALID_SPEC, problem)
+        r.out["message"] = f"Invalid spec: {problem}"
+        return r.finish(plan)
     runtime = effective_runtime(spec)
-    child = child_name(name)
-    base_name = served_model_name(name, spec)
-    out.update(runtime=runtime, deploymentName=child, serviceName=child, url=service_url(name, namespace))
-
+    child = naming.server_name(r.name)
+    r.out.update(runtime=runtime, deploymentName=child, serviceName=child, url=naming.server_url(r.name, r.namespace))
     resolutions = [resolve_adapter(a, observed.finetunejobs) for a in spec.adapters]
-    servable = [ServedAdapter(r.spec.name, r.uri) for r in resolutions if r.uri]
-    plan.apply = build_children(spec, servable)
+    servable = [ServedAdapter(res.spec.name, res.uri) for res in resolutions if res.uri]
+    plan.apply = build_server_children(obj, spec, servable, config)
     if spec.replicas.min == spec.replicas.max:
         plan.delete.append(("HorizontalPodAutoscaler", child))
-
-    deployment = observed.deployment
-    dep_status = (deployment or {}).get("status") or {}
+    dep_status = (observed.deployment or {}).get("status") or {}
     ready_replicas = int(dep_status.get("readyReplicas") or 0)
-    out["replicas"] = int(dep_status.get("replicas") or 0)
-    out["readyReplicas"] = ready_replicas
+    r.out["replicas"] = int(dep_status.get("replicas") or 0)
+    r.out["readyReplicas"] = ready_replicas
+    missing = _adapters(r, plan, resolutions, observed, runtime, ready_replicas, served_model_name(r.name, spec))
+    return _readiness(r, plan, observed, ready_replicas, missing, child)
 
-    # Per-adapter state: resolved and reported by the servers (builtin), or resolved and deployed (vllm).
+
+def _adapters(r: Reconciliation, plan: InferenceEndpointPlan, resolutions: list[AdapterResolution], observed: Observed,
+              runtime: str, ready_replicas: int, base_name: str) -> list[dict]:  # fmt: skip
+    """Per-adapter state: resolved and reported by the servers (builtin), or resolved and deployed (vllm).
+    Returns the adapters not served."""
     adapters_status: list[dict] = []
-    for r in resolutions:
-        entry: dict[str, Any] = {"name": r.spec.name, "ready": False}
-        if r.uri:
-            entry["uri"] = r.uri
-        if r.reason:
-            entry.update(reason=r.reason, message=r.message)
+    for res in resolutions:
+        entry: dict[str, Any] = {"name": res.spec.name, "ready": False}
+        if res.uri:
+            entry["uri"] = res.uri
+        if res.reason:
+            entry.update(reason=res.reason, message=res.message)
         elif ready_replicas == 0:
             entry.update(reason=Reason.WAITING_FOR_SERVER, message="no server replica is ready yet")
         elif runtime == "builtin" and observed.server_adapters:
-            ready, reason, message = _server_view(r.spec.name, r.uri or "", observed.server_adapters)
+            ready, reason, message = _server_view(res.spec.name, res.uri or "", observed.server_adapters)
             entry["ready"] = ready
             if reason:
                 entry.update(reason=reason, message=message)
-        elif runtime == "vllm" and (failure := _fetch_failure(observed.pods, r.uri or "")):
+        elif runtime == "vllm" and (failure := _fetch_failure(observed.pods, res.uri or "")):
             entry.update(reason=Reason.ADAPTER_LOAD_FAILED, message=failure)
-        elif runtime == "vllm" and _rolled_out(deployment):
+        elif runtime == "vllm" and _rolled_out(observed.deployment):
             entry["ready"] = True
         elif runtime == "vllm":
             entry.update(reason=Reason.ADAPTER_LOADING, message="the Deployment is rolling out the new adapter list")
         else:
             entry.update(reason=Reason.ADAPTER_LOADING, message="waiting for the server to report its adapters")
         adapters_status.append(entry)
-    out["adapters"] = adapters_status
-    out["models"] = [base_name] + [a["name"] for a in adapters_status if a["ready"]]
+    r.out["adapters"] = adapters_status
+    r.out["models"] = [base_name] + [a["name"] for a in adapters_status if a["ready"]]
     missing = [a for a in adapters_status if not a["ready"]]
     if missing:
         words = "; ".join(f"{a['name']}: {a.get('reason')} ({a.get('message')})" for a in missing)
-        conditions.set(C.ADAPTERS_READY, False, Reason.ADAPTER_NOT_READY, f"{len(missing)} of {len(adapters_status)} adapters not served: {words}")
+        r.conditions.set(C.ADAPTERS_READY, False, Reason.ADAPTER_NOT_READY, f"{len(missing)} of {len(adapters_status)} adapters not served: {words}")
     else:
-        conditions.set(C.ADAPTERS_READY, True, Reason.ALL_ADAPTERS_READY, f"{len(adapters_status)} adapters served" if adapters_status else "no adapters")
+        r.conditions.set(C.ADAPTERS_READY, True, Reason.ALL_ADAPTERS_READY, f"{len(adapters_status)} adapters served" if adapters_status else "no adapters")
     if any(a.get("reason") in (Reason.ADAPTER_LOADING, Reason.WAITING_FOR_SERVER) for a in missing):
         plan.retry_after = 5
+    return missing
 
-    # Readiness of the endpoint itself.
+
+def _readiness(r: Reconciliation, plan: InferenceEndpointPlan, observed: Observed, ready_replicas: int, missing: list[dict], child: str) -> InferenceEndpointPlan:
+    """Readiness of the endpoint itself: a ready replica, a pod that cannot start, or still deploying."""
     problem = pod_problem(observed.pods)
     if ready_replicas > 0:
-        conditions.set(C.READY, True, Reason.READY, f"{ready_replicas} replica(s) ready")
-        out["message"] = f"Serving {', '.join(out['models'])} at {out['url']}"
+        r.conditions.set(C.READY, True, Reason.READY, f"{ready_replicas} replica(s) ready")
+        r.out["message"] = f"Serving {', '.join(r.out['models'])} at {r.out['url']}"
         if missing:
-            out["message"] += f" ({len(missing)} adapter(s) not served: see status.adapters)"
+            r.out["message"] += f" ({len(missing)} adapter(s) not served: see status.adapters)"
     elif problem is not None:
-        reason, message = problem
-        conditions.set(C.READY, False, reason, message)
-        out["message"] = message
+        r.conditions.set(C.READY, False, *problem)
+        r.out["message"] = problem[1]
         plan.retry_after = 15
-    elif deployment is None:
-        conditions.set(C.READY, False, Reason.DEPLOYING, f"creating Deployment {child}")
-        out["message"] = f"Creating Deployment {child}"
+    elif observed.deployment is None:
+        r.conditions.set(C.READY, False, Reason.DEPLOYING, f"creating Deployment {child}")
+        r.out["message"] = f"Creating Deployment {child}"
     else:
-        conditions.set(C.READY, False, Reason.NO_READY_REPLICAS if _condition(deployment, "Available") else Reason.DEPLOYING, "waiting for a server replica to be ready")
-        out["message"] = "Waiting for a server replica to be ready (loading the model)"
-    return finish()
+        reason = Reason.NO_READY_REPLICAS if _condition(observed.deployment, "Available") else Reason.DEPLOYING
+        r.conditions.set(C.READY, False, reason, "waiting for a server replica to be ready")
+        r.out["message"] = "Waiting for a server replica to be ready (loading the model)"
+    return r.finish(plan)
 
 
 def _fetch_failure(pods: list[dict], uri: str) -> str | None:
@@ -343,7 +278,7 @@ def _rolled_out(deployment: dict | None) -> bool:
     return int(status.get("updatedReplicas") or 0) >= want and int(status.get("replicas") or 0) <= int(status.get("updatedReplicas") or 0)
 
 
-def _transition_event(phase: str, message: str) -> Event:
+def _transition_event(phase: str, message: str, out: dict, old: dict) -> Event:
     if phase == "Ready":
         return Event("Normal", "Ready", message or "Endpoint ready")
     if phase == "Deploying":
@@ -351,23 +286,3 @@ def _transition_event(phase: str, message: str) -> Event:
     if phase == "Pending":
         return Event("Normal", "Pending", message or "Waiting")
     return Event("Warning", "Failed", message or "Endpoint failed")
-
-
-def differs(desired: Any, live: Any) -> bool:
-    """True when ``desired`` is not contained in ``live``: some key it sets is missing or has another value.
-
-    The API server adds defaults (``imagePullPolicy``, ``protocol``, ``terminationMessagePath`` ...), so a
-    live object is compared against what the operator asks for, not for equality. Lists must have the
-    same length and match item by item.
-    """
-    if isinstance(desired, dict):
-        if not isinstance(live, dict):
-            return True
-        return any(differs(value, live.get(key)) for key, value in desired.items())
-    if isinstance(desired, list):
-        if not isinstance(live, list) or len(desired) != len(live):
-            return True
-        return any(differs(d, item) for d, item in zip(desired, live, strict=True))
-    if isinstance(desired, (int, float)) and not isinstance(desired, bool) and isinstance(live, str):
-        return str(desired) != live
-    return desired != live

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
+from finetune_trainer import contract
+
 
 def _disrupted(pod: dict) -> bool:
     """A pod stopped by a disruption (preemption, eviction, a lost node): the trainer Jobs' podFailurePolicy
@@ -31,3 +35,111 @@ def job_behind_its_pods(job: dict, pods: list[dict]) -> bool:
         elif phase == "Failed" and not _disrupted(pod):
             failed += 1
     return succeeded > int(status.get("succeeded") or 0) or failed > int(status.get("failed") or 0)
+
+
+def owned_by(pod: dict, job: dict) -> bool:
+    """Whether ``pod`` belongs to ``job`` (a pod of an older Job of the same name does not)."""
+    uid = job.get("metadata", {}).get("uid")
+    refs = pod.get("metadata", {}).get("ownerReferences") or []
+    return not uid or not refs or any(r.get("uid") == uid for r in refs)
+
+
+def last_exit_code(pods: list[dict]) -> int | None:
+    """Exit code of the newest terminated container of ``pods``."""
+    newest: tuple[str, int] | None = None
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if term.get("exitCode") is not None:
+                stamp = term.get("finishedAt") or ""
+                if newest is None or stamp >= newest[0]:
+                    newest = (stamp, int(term["exitCode"]))
+    return newest[1] if newest else None
+
+
+SECRET_NOT_FOUND = "SecretNotFound"
+POD_PENDING = "PodPending"
+
+
+def missing_secret(pods: list[dict]) -> str | None:
+    """The Secret a pod's container waits for: named in env (CreateContainerConfigError), or mounted as a
+    volume (the pod stays ContainerCreating with the same words)."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses", []) or []:
+            message = ((cs.get("state") or {}).get("waiting") or {}).get("message") or ""
+            found = re.search(r'secrets? "([^"]+)" not found', message, re.IGNORECASE)
+            if found:
+                return found.group(1)
+    return None
+
+
+def pod_waiting_problem(pods: list[dict]) -> tuple[str, str] | None:
+    """(reason, message) when a pod cannot start for something the user must create or fix."""
+    secret = missing_secret(pods)
+    if secret:
+        return SECRET_NOT_FOUND, f"Secret {secret} does not exist in this namespace"
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses", []) or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in {"CreateContainerConfigError", "CreateContainerError"}:
+                return POD_PENDING, waiting.get("message") or waiting["reason"]
+    return None
+
+
+def pods_running(pods: list[dict]) -> bool:
+    return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
+
+
+def pods_unscheduled(pods: list[dict]) -> bool:
+    return not any(
+        c.get("type") == "PodScheduled" and c.get("status") == "True"
+        for pod in pods for c in (pod.get("status") or {}).get("conditions", []) or []
+    )  # fmt: skip
+
+
+def termination_message(pods: list[dict]) -> str | None:
+    """A container's termination message from the newest failed pod: the trainer's own last word."""
+    newest: tuple[str, str] | None = None
+    for pod in pods:
+        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
+            term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated") or {}
+            if term.get("exitCode") not in (None, 0) and term.get("message"):
+                stamp = term.get("finishedAt") or ""
+                if newest is None or stamp > newest[0]:
+                    newest = (stamp, term["message"].strip())
+    return newest[1] if newest else None
+
+
+def typed_reason(message: str, fallback: str) -> tuple[str, str]:
+    """``Reason: words`` (how the trainer's termination messages start) → (Reason, words); else (fallback, message)."""
+    reason, sep, rest = message.partition(":")
+    if sep and re.fullmatch(r"[A-Z][A-Za-z]+", reason.strip()):
+        return reason.strip(), rest.strip()
+    return fallback, message
+
+
+def job_condition(job: dict | None, *types: str) -> dict | None:
+    """The first True condition of one of ``types`` on a batch/v1 Job."""
+    for c in (job or {}).get("status", {}).get("conditions", []) or []:
+        if c.get("type") in types and c.get("status") == "True":
+            return c
+    return None
+
+
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+
+
+def job_failure(condition: dict, progress: contract.Progress | None, pods: list[dict], fallback: str, who: str, deadline_words: str) -> tuple[str, str]:
+    """The typed reason and message of a failed Job: the program's own words first (its progress.json, then
+    its termination message ``Reason: words``), then the Job controller's."""
+    term = termination_message(pods)
+    if progress is not None and progress.phase == "failed" and progress.reason:
+        return progress.reason, progress.message or term or condition.get("message") or progress.reason
+    if term:
+        return typed_reason(term, fallback)
+    if condition.get("reason") == DEADLINE_EXCEEDED:
+        return DEADLINE_EXCEEDED, deadline_words
+    if condition.get("reason") == BACKOFF_LIMIT_EXCEEDED:
+        return BACKOFF_LIMIT_EXCEEDED, f"the {who} failed on every retry"
+    return condition.get("reason") or fallback, condition.get("message") or f"the {who} failed"

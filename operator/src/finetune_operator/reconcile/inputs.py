@@ -1,0 +1,151 @@
+"""What the objects a spec names resolve to, read the same way by every kind that names them: a Dataset's
+normalised files, a FineTuneJob's model or checkpoint, an InferenceEndpoint's served model. Each resolver
+returns what it found, or the (reason, message) that keeps the caller waiting."""
+
+from __future__ import annotations
+
+from finetune_operator.api.common import SecretKeyRef
+from finetune_operator.api.evaluation import EvaluationSpec
+from finetune_operator.api.evaluation import Reason as EvaluationReason
+from finetune_operator.api.finetunejob import FineTuneJobSpec, Reason
+from finetune_operator.manifests.evaluation_job import ResolvedModel
+from finetune_operator.manifests.trainer_job import TrainerInputs
+
+DEFAULT_API_KEY = "apiKey"
+DEFAULT_HF_TOKEN_KEY = "token"
+
+
+def phase_of(obj: dict) -> str:
+    return (obj.get("status") or {}).get("phase") or "Pending"
+
+
+# -- for a FineTuneJob --------------------------------------------------------------------------------------
+
+
+def dataset_problem(kind_label: str, name: str, ds: dict | None) -> tuple[str, str] | None:
+    """(reason, message) when a Dataset cannot be used yet, else None."""
+    if ds is None:
+        return Reason.DATASET_NOT_FOUND, f"{kind_label} {name} does not exist"
+    phase = ds.get("status", {}).get("phase", "Pending")
+    if phase == "Invalid":
+        detail = ds.get("status", {}).get("message", "")
+        return Reason.DATASET_INVALID, f"{kind_label} {name} is Invalid" + (f": {detail}" if detail else "")
+    if phase != "Ready" or not ds.get("status", {}).get("trainUri"):
+        return Reason.DATASET_NOT_READY, f"waiting for {kind_label} {name} to be Ready (it is {phase})"
+    observed = ds.get("status", {}).get("observedGeneration")
+    if observed is not None and observed != ds.get("metadata", {}).get("generation", observed):
+        # Its source just changed: the Ready status still describes the old file.
+        return Reason.DATASET_NOT_READY, f"waiting for {kind_label} {name} to validate its new source"
+    return None
+
+
+def resolve_checkpoint(ref: str, source: dict | None) -> tuple[str | None, tuple[str, str] | None]:
+    """fromCheckpoint `<job>` or `<job>:<step>` → (uri, problem)."""
+    job, _, step = ref.partition(":")
+    if source is None:
+        return None, (Reason.CHECKPOINT_NOT_FOUND, f"fromCheckpoint: FineTuneJob {job} does not exist")
+    status = source.get("status", {})
+    if step:
+        for cp in status.get("checkpoints", []) or []:
+            if str(cp.get("step")) == step:
+                return cp["uri"], None
+        steps = ", ".join(str(cp.get("step")) for cp in status.get("checkpoints", []) or []) or "none yet"
+        if status.get("phase") in ("Failed", "Cancelled", "Completed"):
+            return None, (Reason.CHECKPOINT_NOT_FOUND, f"fromCheckpoint: {job} has no checkpoint at step {step} (it has: {steps})")
+        return None, (Reason.CHECKPOINT_NOT_READY, f"fromCheckpoint: waiting for {job} to reach step {step} (checkpoints: {steps})")
+    model = status.get("outputModel") or {}
+    if status.get("phase") == "Completed" and model.get("uri"):
+        return model["uri"], None
+    if status.get("phase") in ("Failed", "Cancelled"):
+        return None, (Reason.CHECKPOINT_NOT_FOUND, f"fromCheckpoint: {job} ended {status.get('phase')} without a model")
+    return None, (Reason.CHECKPOINT_NOT_READY, f"fromCheckpoint: waiting for {job} to complete")
+
+
+def trainer_inputs(
+    spec: FineTuneJobSpec, dataset: dict | None, validation_dataset: dict | None, checkpoint_source: dict | None,
+    artifacts_uri: str, output_model_name: str, queue: str | None,
+) -> tuple[TrainerInputs, tuple[str, str] | None]:
+    """A FineTuneJob's inputs from its Datasets (and the job it continues), or the first reason it must wait."""
+    empty = TrainerInputs(train_data=[], artifacts_uri=artifacts_uri, output_model_name="")
+    problem = dataset_problem("Dataset", spec.dataset, dataset)
+    if problem:
+        return empty, problem
+    ds_status = dataset["status"]  # type: ignore[index]
+    validation: list[str] = []
+    if spec.validation_dataset:
+        problem = dataset_problem("validation Dataset", spec.validation_dataset, validation_dataset)
+        if problem:
+            return empty, problem
+        vstatus = validation_dataset["status"]  # type: ignore[index]
+        validation = [vstatus.get("validationUri") or vstatus["trainUri"]]
+    elif not spec.validation_split and ds_status.get("validationUri"):
+        validation = [ds_status["validationUri"]]
+    checkpoint = None
+    if spec.from_checkpoint:
+        checkpoint, problem = resolve_checkpoint(spec.from_checkpoint, checkpoint_source)
+        if problem:
+            return empty, problem
+    return TrainerInputs(
+        train_data=[ds_status["trainUri"]],
+        validation_data=validation,
+        dataset_sha256=ds_status.get("sha256"),
+        from_checkpoint=checkpoint,
+        artifacts_uri=artifacts_uri,
+        output_model_name=output_model_name,
+        queue=queue,
+    ), None
+
+
+# -- for an Evaluation --------------------------------------------------------------------------------------
+
+
+def dataset_uri(spec: EvaluationSpec, dataset: dict | None) -> tuple[str | None, tuple[str, str] | None]:
+    """The normalised file to evaluate on: the validation split by default, else the training file."""
+    if dataset is None:
+        return None, (EvaluationReason.DATASET_NOT_FOUND, f"Dataset {spec.dataset} does not exist")
+    status = dataset.get("status") or {}
+    phase = phase_of(dataset)
+    if phase != "Ready" or not status.get("trainUri"):
+        detail = f": {status['message']}" if phase == "Invalid" and status.get("message") else ""
+        return None, (EvaluationReason.DATASET_NOT_READY, f"waiting for Dataset {spec.dataset} to be Ready (it is {phase}{detail})")
+    if spec.split == "validation" and status.get("validationUri"):
+        return status["validationUri"], None
+    return status["trainUri"], None
+
+
+def endpoint_model(row: str, endpoint_name: str, requested: str | None, endpoint: dict | None, what: str) -> tuple[ResolvedModel | None, tuple[str, str] | None]:
+    if endpoint is None:
+        return None, (EvaluationReason.MODEL_NOT_FOUND, f"{what}: InferenceEndpoint {endpoint_name} does not exist")
+    status = endpoint.get("status") or {}
+    if phase_of(endpoint) != "Ready" or not status.get("url"):
+        return None, (EvaluationReason.MODEL_NOT_READY, f"{what}: waiting for InferenceEndpoint {endpoint_name} to be Ready (it is {phase_of(endpoint)})")
+    spec = endpoint.get("spec") or {}
+    model = requested or spec.get("servedModelName") or endpoint["metadata"]["name"]
+    served = status.get("models") or []
+    if served and model not in served:
+        return None, (EvaluationReason.MODEL_NOT_READY, f"{what}: InferenceEndpoint {endpoint_name} does not serve {model!r} (yet); it serves {', '.join(served)}")
+    ref = spec.get("apiKeySecretRef")
+    api_key = SecretKeyRef(name=ref["name"], key=ref.get("key") or DEFAULT_API_KEY) if ref else None
+    return ResolvedModel(name=row, endpoint=status["url"], model=model, api_key=api_key), None
+
+
+def finetunejob_model(row: str, job_name_: str, job: dict | None) -> tuple[ResolvedModel | None, tuple[str, str] | None]:
+    what = f"model {row}"
+    if job is None:
+        return None, (EvaluationReason.MODEL_NOT_FOUND, f"{what}: FineTuneJob {job_name_} does not exist")
+    phase = phase_of(job)
+    output = (job.get("status") or {}).get("outputModel") or {}
+    if phase in ("Failed", "Cancelled"):
+        return None, (EvaluationReason.MODEL_NOT_READY, f"{what}: FineTuneJob {job_name_} ended {phase} without a model")
+    if phase != "Completed" or not output.get("uri"):
+        return None, (EvaluationReason.MODEL_NOT_READY, f"{what}: waiting for FineTuneJob {job_name_} to complete (it is {phase})")
+    base = (job.get("spec") or {}).get("baseModel") or {}
+    if output.get("adapter", True):
+        if not base.get("uri"):
+            return None, (EvaluationReason.MODEL_NOT_READY, f"{what}: FineTuneJob {job_name_} names no baseModel.uri")
+        resolved = ResolvedModel(name=row, model_uri=base["uri"], adapter_uri=output["uri"])
+        ref = base.get("secretRef")
+        if ref and base["uri"].startswith("hf://"):
+            resolved.hf_token = SecretKeyRef(name=ref["name"], key=ref.get("key") or DEFAULT_HF_TOKEN_KEY)
+        return resolved, None
+    return ResolvedModel(name=row, model_uri=output["uri"]), None
