@@ -246,6 +246,20 @@ class Kube:
         with self._written_lock:
             self._status_written.pop(uid, None)
 
+    def post_event(self, obj: dict, type_: str, reason: str, message: str) -> None:
+        """Create an Event now (not queued): a reconcile posts its transition's Event before it writes the
+        status that records the transition, so a crash in between repeats the Event instead of losing it.
+        A server that cannot take it now makes the reconcile retry; an Event it refuses is logged and skipped."""
+        import datetime as dt
+
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        try:
+            self._call("POST", EVENTS.path(obj["metadata"]["namespace"]), body=event_body(obj, type_, reason, message, now))
+        except ApiError as e:
+            if e.namespace_terminating:
+                return
+            logger.warning("could not post Event %s for %s/%s: %s", reason, obj["metadata"]["namespace"], obj["metadata"]["name"], e.message)
+
     def delete(self, resource: Resource, namespace: str | None, name: str, propagation: str = "Background") -> bool:
         try:
             self._call("DELETE", resource.path(namespace, name), body={"propagationPolicy": propagation})
@@ -254,6 +268,37 @@ class Kube:
             if e.status == 404:
                 return False
             raise kopf.PermanentError(str(e)) from None
+
+
+EVENT_MESSAGE_LIMIT = 1024
+REPORTING_COMPONENT = "finetune-operator"
+
+
+def event_body(obj: dict, type_: str, reason: str, message: str, now: str) -> dict:
+    """A core/v1 Event about ``obj``, as ``kubectl describe`` and ``kubectl get events`` show them."""
+    meta = obj["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion", ""),
+            "kind": obj.get("kind", ""),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid", ""),
+            "resourceVersion": meta.get("resourceVersion", ""),
+        },
+        "reason": reason,
+        "message": message if len(message) <= EVENT_MESSAGE_LIMIT else message[: EVENT_MESSAGE_LIMIT - 1] + "…",
+        "type": type_,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "source": {"component": REPORTING_COMPONENT},
+        "reportingComponent": REPORTING_COMPONENT,
+        "reportingInstance": os.environ.get("HOSTNAME", REPORTING_COMPONENT)[:128],
+    }
 
 
 def owner_reference(owner: dict, controller: bool = True) -> dict:

@@ -1,4 +1,4 @@
-"""The one shape every kind's reconcile has: read, lock, decide, act, write status, report.
+"""The one shape every kind's reconcile has: read, lock, decide, act, post Events, write status, report.
 
 Each kind supplies ``decide`` (read what it observes and return its reconciler's plan) and ``act``
 (create, patch or delete children); this module does the rest the same way for all four: the
@@ -12,8 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
-
-import kopf
 
 from finetune_operator import kube as k
 from finetune_operator import metrics, runtime
@@ -62,6 +60,10 @@ def reconcile_object(
         try:
             plan = decide(fresh, rt)
             act(fresh, rt, plan)
+            # The Events first: were the process to die before the status write, the next pass finds the
+            # transition still to make and posts them again; after it, they would be lost.
+            for event in plan.events:
+                rt.kube.post_event(fresh, event.type, event.reason, event.message)
             if status_changed(fresh.get("status") or {}, plan.status):
                 rt.kube.patch_status(resource, namespace, name, plan.status)
         except k.NamespaceTerminating:
@@ -80,13 +82,9 @@ def reconcile_object(
 
 
 def report(kind: str, body: dict, plan: Plan) -> None:
-    """The phase gauge, a transition counter and log line when the phase moved, and the plan's Events."""
+    """The phase gauge, and a transition counter and log line when the phase moved."""
     meta = body["metadata"]
     metrics.PHASES.set(kind, meta["namespace"], meta["name"], plan.new_phase)
     if plan.old_phase != plan.new_phase:
         metrics.PHASE_TRANSITIONS.labels(kind=kind, from_phase=plan.old_phase or "None", to_phase=plan.new_phase).inc()
         logger.info("%s/%s: %s → %s", meta["namespace"], meta["name"], plan.old_phase, plan.new_phase)
-    if runtime.namespace_terminating(meta["namespace"]):
-        return  # Events cannot be created in a namespace being deleted
-    for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
