@@ -195,7 +195,7 @@ def main() -> int:
 
     import torch
 
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))

@@ -75,7 +75,7 @@ def conversation(rng: random.Random) -> dict:
 
 
 def prepare(work: Path, n_examples: int) -> dict:
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     model = work / "model"
     if not (model / "model.safetensors").exists():

@@ -174,3 +174,23 @@ def test_constraints_pin_every_runtime_dependency_within_its_declared_range() ->
         assert requirement.specifier.contains(pins[name], prereleases=True), (
             f"{requirement.name}=={pins[name]} is outside pyproject's {requirement.specifier}"
         )
+
+
+def copied_sources(dockerfile: Path) -> set[str]:
+    return {
+        source
+        for keyword, arguments in instructions(dockerfile)
+        if keyword == "COPY" and "--from=" not in arguments
+        for source in arguments.split()[:-1]
+    }
+
+
+def test_images_carry_only_what_runs_in_them() -> None:
+    """No image carries the local test cluster (local/: an API server, SeaweedFS, the runner, the tiny model);
+    the trainer image carries no operator, and the operator image the trainer package only for its torch-free
+    contract (which the next test holds it to)."""
+    operator, trainer = copied_sources(DOCKERFILES["operator"]), copied_sources(DOCKERFILES["trainer"])
+    assert not any(source.startswith("local") for source in operator | trainer)
+    assert "operator/src" in operator and "operator/src" not in trainer
+    assert "trainer/src" in trainer
+    assert not (REPO_ROOT / "trainer" / "src" / "finetune_trainer" / "tiny_model.py").exists(), "a test fixture, not product code"

@@ -71,7 +71,7 @@ def _train(model_dir: Path, conversations: list[list[dict[str, str]]], output: P
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 

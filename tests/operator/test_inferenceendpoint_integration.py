@@ -39,7 +39,7 @@ def uploaded_models(object_store, tmp_path_factory) -> None:
     """The tiny base model and two adapters in the object store, each with its manifest (written last)."""
     from finetune_trainer.contract import StorageConfig
     from finetune_trainer.storage import ObjectStore
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     folder = tmp_path_factory.mktemp("endpoint-models")
     credentials = folder / "credentials"

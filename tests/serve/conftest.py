@@ -195,7 +195,7 @@ class SeaweedS3:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("serve-model") / "tiny")
 
@@ -203,7 +203,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def adapter_dirs(tiny_model, tmp_path_factory) -> dict[str, Path]:
     """Two adapters of the tiny model, one for another (wider) base model, and a corrupt one."""
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     root = tmp_path_factory.mktemp("serve-adapters")
     dirs = {name: make_adapter(tiny_model, root / name, seed) for name, seed in (("alpha", 1), ("beta", 2), ("gamma", 3))}

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from finetune_trainer.tiny_model import make_tiny_model
+from finetune_local.tiny_model import make_tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""``finetune-trainer make-tiny-model``: deterministic weights, a vocabulary learned from a corpus, and
+"""``python -m finetune_local.tiny_model``: deterministic weights, a vocabulary learned from a corpus, and
 an init scale that decides how confident a frozen output head can be."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from finetune_trainer import tiny_model
+from finetune_local import tiny_model
 
 
 def test_same_seed_same_bytes_and_a_byte_tokenizer_by_default(tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def prepare_inputs(cluster: LocalCluster) -> Path:
     endpoint's API key (a Secret, and a file only its owner can read)."""
     import kubernetes.client
 
-    from finetune_trainer.tiny_model import make_tiny_model
+    from finetune_local.tiny_model import make_tiny_model
 
     cluster.api_key = secrets.token_hex(24)
     key_file = cluster.work_dir / "api-key"

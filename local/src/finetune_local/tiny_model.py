@@ -1,4 +1,5 @@
-"""``finetune-trainer make-tiny-model``: a small Llama-architecture model for tests and demos.
+"""``python -m finetune_local.tiny_model``: a small Llama-architecture model for the tests, the demo and the
+benchmarks (not part of the trainer image: no cluster needs it).
 
 Written offline and deterministically from a seed: the same seed gives byte-identical weights. The
 tokenizer is byte-level (every byte is a token, plus chat special tokens), so any UTF-8 text encodes
@@ -129,7 +130,7 @@ def make_tiny_model(
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="finetune-trainer make-tiny-model", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m finetune_local.tiny_model", description=__doc__.splitlines()[0])
     parser.add_argument("--output", "-o", required=True, help="folder to write the model to")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--hidden-size", type=int, default=64)
@@ -169,3 +170,9 @@ def main(argv: list[str]) -> int:
         store.upload_artifact(path, args.upload, kind="model", base_model="tiny-llama")
     print(path)
     return ExitCode.OK
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main(sys.argv[1:]))
