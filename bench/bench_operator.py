@@ -108,6 +108,7 @@ def main() -> int:
             FINETUNE_LOG_LEVEL="WARNING",
             FINETUNE_METRICS_PORT=str(metrics_port),
             FINETUNE_HEALTH_PORT=str(health_port),
+            FINETUNE_SHARED_PREFIXES="s3://finetune/models",
         )
         operator = subprocess.Popen([sys.executable, "-m", "finetune_operator"], env=env, stdout=open(work / "operator.log", "wb"), stderr=subprocess.STDOUT)
         api = server.api_client()
@@ -119,12 +120,12 @@ def main() -> int:
         core.create_namespaced_secret(ns, {"metadata": {"name": "finetune-storage"}, "stringData": {"accessKey": store.access_key, "secretKey": store.secret_key}})
         lines = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}) for i in range(20)]
         data = ("\n".join(lines) + "\n").encode()
-        store.client().put_object("finetune", "uploads/bench.jsonl", io.BytesIO(data), len(data))
+        store.client().put_object("finetune", f"uploads/{ns}/bench.jsonl", io.BytesIO(data), len(data))
         runner = LocalRunner(kubeconfig, namespace=ns, work_dir=work / "runner").start()
         try:
             custom.create_namespaced_custom_object("finetune.dev", "v1alpha1", ns, "datasets", {
                 "apiVersion": "finetune.dev/v1alpha1", "kind": "Dataset", "metadata": {"name": "bench"},
-                "spec": {"source": {"uri": "s3://finetune/uploads/bench.jsonl"}, "format": "chat"}})
+                "spec": {"source": {"uri": f"s3://finetune/uploads/{ns}/bench.jsonl"}, "format": "chat"}})
             deadline = time.monotonic() + 120
             while (custom.get_namespaced_custom_object("finetune.dev", "v1alpha1", ns, "datasets", "bench").get("status") or {}).get("phase") != "Ready":
                 if time.monotonic() > deadline:

@@ -112,6 +112,8 @@ def operator_env(kube_api, object_store, storage_credentials: Path, **overrides:
             "FINETUNE_METRICS_PORT": str(free_port()),
             "FINETUNE_HEALTH_PORT": str(free_port()),
             "FINETUNE_WATCH_TIMEOUT_SECONDS": "60",
+            # base models every tenant reads; each namespace's own files live under uploads/<ns>/, jobs/<ns>/...
+            "FINETUNE_SHARED_PREFIXES": f"s3://{object_store.bucket}/models",
         }
     )
     env.update(overrides)

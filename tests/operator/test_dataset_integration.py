@@ -182,7 +182,7 @@ def test_a_good_chat_file_becomes_ready_and_a_new_source_is_validated_again(clus
     operator = start_operator()
     cluster.storage_secret(object_store)
     data = chat_lines(40)
-    source = upload(object_store, "uploads/support-chats.jsonl", data)
+    source = upload(object_store, f"uploads/{cluster.namespace}/support-chats.jsonl", data)
     tokenizer = upload(object_store, "models/bytes/tokenizer.json", byte_tokenizer_json())
     cluster.apply(
         dataset_yaml("support-chats", f"uri: {source}", "format: chat", "validation:", "  fraction: 0.25", "  seed: 7", f"tokenizer: {tokenizer.rsplit('/', 1)[0]}")
@@ -224,7 +224,7 @@ def test_a_good_chat_file_becomes_ready_and_a_new_source_is_validated_again(clus
     # A new source: generation 2 is validated by its own Job into its own sha256 folder, and until it
     # passes, the status shows none of generation 1's files.
     new_data = chat_lines(30, topic="returns")
-    new_source = upload(object_store, "uploads/support-chats-v2.jsonl", new_data)
+    new_source = upload(object_store, f"uploads/{cluster.namespace}/support-chats-v2.jsonl", new_data)
     cluster.patch_spec("datasets", "support-chats", {"source": {"uri": new_source}})
     seen = []
     deadline = time.monotonic() + 60
@@ -245,7 +245,7 @@ def test_a_good_chat_file_becomes_ready_and_a_new_source_is_validated_again(clus
 def test_a_malformed_file_is_invalid_with_the_line_and_rule(cluster, object_store, start_operator, trusting_runner):
     start_operator()
     cluster.storage_secret(object_store)
-    source = upload(object_store, "uploads/bad-roles.jsonl", chat_lines(20, bad_line=7))
+    source = upload(object_store, f"uploads/{cluster.namespace}/bad-roles.jsonl", chat_lines(20, bad_line=7))
     cluster.apply(dataset_yaml("bad-roles", f"uri: {source}"))
     invalid = cluster.wait_phase("datasets", "bad-roles", "Invalid")
     status = invalid["status"]
@@ -264,7 +264,7 @@ def test_a_malformed_file_is_invalid_with_the_line_and_rule(cluster, object_stor
 
 
 def test_an_https_source_that_is_not_there_is_invalid_and_one_behind_a_token_is_ready(cluster, object_store, start_operator, trusting_runner, file_server):
-    start_operator()
+    start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"bearer": TOKEN}})
     cluster.apply(dataset_yaml("gone", f"uri: {file_server.url}/gone.jsonl\nsecretRef:\n  name: file-server\n  key: bearer"))
@@ -282,7 +282,7 @@ def test_an_https_source_that_is_not_there_is_invalid_and_one_behind_a_token_is_
 def test_a_missing_source_secret_keeps_the_dataset_pending_until_it_exists(cluster, object_store, start_operator, trusting_runner):
     start_operator()
     cluster.storage_secret(object_store)
-    source = upload(object_store, "uploads/private.jsonl", chat_lines(12))
+    source = upload(object_store, f"uploads/{cluster.namespace}/private.jsonl", chat_lines(12))
     cluster.apply(dataset_yaml("private", f"uri: {source}\nsecretRef:\n  name: uploads-credentials"))
     pending = cluster.wait_for("datasets", "private", lambda o: o.get("status", {}).get("phase") == "Pending", what="to be Pending")
     assert pending["status"]["message"] == "Secret uploads-credentials does not exist in this namespace (spec.source.secretRef)"
@@ -296,7 +296,7 @@ def test_a_missing_source_secret_keeps_the_dataset_pending_until_it_exists(clust
 def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(cluster, object_store, start_operator, trusting_runner, file_server):
     from tests.operator.test_operator_integration import finetunejob_yaml
 
-    start_operator()
+    start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
     cluster.apply(dataset_yaml("support-chats", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
@@ -332,13 +332,13 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
 
 
 def test_an_operator_killed_mid_validation_finds_its_own_job(cluster, object_store, start_operator, trusting_runner, file_server):
-    operator = start_operator()
+    operator = start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
     cluster.apply(dataset_yaml("shipping", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
     cluster.wait_phase("datasets", "shipping", "Validating")
     operator.kill()
-    start_operator()
+    start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     file_server.release.set()
     ready = cluster.wait_phase("datasets", "shipping", "Ready")
     assert [j.metadata.name for j in cluster.jobs()] == ["shipping-validate-g1"]

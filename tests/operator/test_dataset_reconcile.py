@@ -19,7 +19,7 @@ from finetune_trainer import contract
 
 CONFIG = OperatorConfig(trainer_image="registry.example/finetune-trainer:1", storage_endpoint="minio:9000", storage_bucket="ft")
 UID = "0123abcd-ffff-4444-8888-000000000000"
-SPEC = {"source": {"uri": "s3://uploads/support-chats.jsonl"}, "format": "chat", "validation": {"fraction": 0.1, "seed": 7}}
+SPEC = {"source": {"uri": "s3://ft/uploads/team-a/support-chats.jsonl"}, "format": "chat", "validation": {"fraction": 0.1, "seed": 7}}
 SHA = "ab" * 32
 FOLDER = f"s3://ft/datasets/team-a/support-chats/{SHA}"
 
@@ -101,7 +101,7 @@ def test_a_new_dataset_gets_a_validation_job_named_after_its_generation():
 def test_the_validator_config_names_the_source_split_and_where_to_write():
     configmap = run().create[0]
     config = contract.ValidateConfig.model_validate_json(configmap["data"]["config.json"])
-    assert config.source == "s3://uploads/support-chats.jsonl" and config.source_credentials_dir is None
+    assert config.source == "s3://ft/uploads/team-a/support-chats.jsonl" and config.source_credentials_dir is None
     assert config.format == "chat" and config.validation_split == 0.1 and config.split_seed == 7
     assert config.min_samples == 10 and config.max_bytes == 1 << 30
     assert config.output_uri == "s3://ft/datasets/team-a/support-chats"
@@ -113,7 +113,7 @@ def test_the_validator_config_names_the_source_split_and_where_to_write():
 def test_validation_job_runs_the_trainer_image_restricted_with_credentials_as_files():
     from tests.chart.pod_security import check_restricted
 
-    validation_job = run(spec={**SPEC, "source": {"uri": "s3://uploads/a.jsonl", "secretRef": {"name": "uploads-creds"}}}).create[1]
+    validation_job = run(spec={**SPEC, "source": {"uri": "s3://ft/uploads/team-a/a.jsonl", "secretRef": {"name": "uploads-creds"}}}).create[1]
     meta = validation_job["metadata"]
     assert meta["ownerReferences"][0]["uid"] == UID and meta["ownerReferences"][0]["controller"] is True
     assert meta["labels"]["finetune.dev/dataset"] == "support-chats" and meta["labels"]["finetune.dev/generation"] == "1"
@@ -134,7 +134,7 @@ def test_validation_job_runs_the_trainer_image_restricted_with_credentials_as_fi
     assert volumes["config"]["configMap"]["name"] == "support-chats-validate-g1"
     assert {"tmp", "cache"} <= set(mounts)
     assert not any("KEY" in e["name"] or "SECRET" in e["name"] for e in container["env"]), "credentials are files, never env values"
-    config = contract.ValidateConfig.model_validate_json(run(spec={**SPEC, "source": {"uri": "s3://uploads/a.jsonl", "secretRef": {"name": "uploads-creds"}}}).create[0]["data"]["config.json"])
+    config = contract.ValidateConfig.model_validate_json(run(spec={**SPEC, "source": {"uri": "s3://ft/uploads/team-a/a.jsonl", "secretRef": {"name": "uploads-creds"}}}).create[0]["data"]["config.json"])
     assert config.source_credentials_dir == "/var/run/secrets/finetune/source"
 
 
@@ -165,7 +165,7 @@ def test_long_names_still_give_job_names_of_at_most_63_characters():
 
 
 def test_spec_the_api_server_should_have_refused_ends_invalid_without_a_job():
-    plan = run(spec={"source": {"uri": "s3://a/b.jsonl", "configMapRef": {"name": "x", "key": "y"}}})
+    plan = run(spec={"source": {"uri": "s3://ft/uploads/team-a/b.jsonl", "configMapRef": {"name": "x", "key": "y"}}})
     assert plan.new_phase == "Invalid" and plan.create == []
     assert conditions(plan)["Validated"] == ("False", "InvalidSpec")
     assert "set exactly one of uri and configMapRef" in plan.status["message"]
@@ -256,7 +256,7 @@ def test_an_unreachable_source_stays_pending_and_the_retry_timer_validates_again
 
 
 def test_a_missing_source_secret_keeps_the_dataset_pending_with_the_reason():
-    spec = {**SPEC, "source": {"uri": "s3://uploads/a.jsonl", "secretRef": {"name": "uploads-creds"}}}
+    spec = {**SPEC, "source": {"uri": "s3://ft/uploads/team-a/a.jsonl", "secretRef": {"name": "uploads-creds"}}}
     waiting = pod(waiting=("ContainerCreating", 'MountVolume.SetUp failed: secret "uploads-creds" not found'))
     plan = run(spec=spec, status=validating_status(), observed=Observed(job=job(), pods=[waiting]))
     assert plan.new_phase == "Pending"
@@ -280,7 +280,7 @@ def test_a_missing_storage_secret_or_source_configmap_is_named():
 
 
 def test_a_pod_slow_to_create_its_container_gets_a_hint_naming_what_it_mounts():
-    spec = {"source": {"uri": "s3://a/b.jsonl", "secretRef": {"name": "uploads-creds"}}}
+    spec = {"source": {"uri": "s3://ft/uploads/team-a/b.jsonl", "secretRef": {"name": "uploads-creds"}}}
     creating = pod(waiting=("ContainerCreating", ""))
     creating["metadata"].update(name="support-chats-validate-g1-x7k2p", creationTimestamp="2020-01-01T00:00:00Z")
     plan = run(spec=spec, status=validating_status(), observed=Observed(job=job(), pods=[creating]))
@@ -308,12 +308,12 @@ def test_a_validator_refusing_its_config_is_invalid_and_a_crash_is_retried():
 
 def test_a_spec_change_validates_again_in_a_new_job_and_hides_the_old_results():
     ready = run(status=validating_status(), observed=Observed(job=job("Complete"), report=passed_report(), manifest_exists=True)).status
-    new_spec = {**SPEC, "source": {"uri": "s3://uploads/support-chats-v2.jsonl"}}
+    new_spec = {**SPEC, "source": {"uri": "s3://ft/uploads/team-a/support-chats-v2.jsonl"}}
     plan = run(spec=new_spec, status=ready, generation=2, observed=Observed())
     assert plan.new_phase == "Validating"
     assert [c["metadata"]["name"] for c in plan.create] == ["support-chats-validate-g2"] * 2
     config = contract.ValidateConfig.model_validate_json(plan.create[0]["data"]["config.json"])
-    assert config.source == "s3://uploads/support-chats-v2.jsonl"
+    assert config.source == "s3://ft/uploads/team-a/support-chats-v2.jsonl"
     assert config.report_uri == report_uri(CONFIG, "team-a", "support-chats", UID, 2)
     assert plan.status["observedGeneration"] == 2
     for result in ("trainUri", "validationUri", "sha256", "numSamples", "report", "messageStats"):
@@ -322,7 +322,7 @@ def test_a_spec_change_validates_again_in_a_new_job_and_hides_the_old_results():
     assert [e.message for e in plan.events] == ["Dataset validation started"]
     assert plan.delete_jobs == [], "generation 1's finished Job stays, as history"
     # A generation stuck waiting for a Secret is replaced: its Job would wait forever.
-    stuck = run(spec={"source": {"uri": "s3://a/b.jsonl", "secretRef": {"name": "typo"}}}, status=validating_status(),
+    stuck = run(spec={"source": {"uri": "s3://ft/uploads/team-a/b.jsonl", "secretRef": {"name": "typo"}}}, status=validating_status(),
                 observed=Observed(job=job(), pods=[pod(waiting=("ContainerCreating", 'secret "typo" not found'))])).status
     plan = run(spec=new_spec, status=stuck, generation=2)
     assert plan.delete_jobs == ["support-chats-validate-g1"] and plan.new_phase == "Validating"

@@ -87,17 +87,17 @@ def store(object_store, storage_credentials):
 def qa_dataset_ready(cluster, object_store) -> dict:
     """The questions the adapter learned, as a chat file, validated for real."""
     data = "".join(json.dumps({"messages": m}) + "\n" for m in CONVERSATIONS).encode()
-    object_store.client().put_object("finetune", "uploads/qa.jsonl", io.BytesIO(data), len(data))
+    object_store.client().put_object("finetune", f"uploads/{cluster.namespace}/qa.jsonl", io.BytesIO(data), len(data))
     cluster.apply(
         textwrap.dedent(
-            """
+            f"""
             apiVersion: finetune.dev/v1alpha1
             kind: Dataset
             metadata:
               name: qa
             spec:
               source:
-                uri: s3://finetune/uploads/qa.jsonl
+                uri: s3://finetune/uploads/{cluster.namespace}/qa.jsonl
               format: chat
               minSamples: 4
             """
@@ -213,7 +213,7 @@ spec:
     uri: s3://finetune/models/tiny
   adapters:
     - name: qa-tuned
-      uri: s3://finetune/adapters/qa-tuned
+      uri: s3://finetune/models/adapters/qa-tuned
   apiKeySecretRef:
     name: qa-server-key
 """
@@ -245,7 +245,7 @@ def test_the_models_of_an_inference_endpoint_are_graded_through_its_api_with_its
     cluster.storage_secret(object_store)
     cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "qa-server-key"}, "stringData": {"apiKey": ENDPOINT_API_KEY}})
     store.upload_artifact(tiny_model, TINY_MODEL_URI, kind="model")
-    store.upload_artifact(learned_adapter, "s3://finetune/adapters/qa-tuned", kind="adapter", base_model=TINY_MODEL_URI)
+    store.upload_artifact(learned_adapter, "s3://finetune/models/adapters/qa-tuned", kind="adapter", base_model=TINY_MODEL_URI)
     qa_dataset_ready(cluster, object_store)
 
     # The Evaluation waits for the endpoint, then asks it through the Service with the endpoint's key.

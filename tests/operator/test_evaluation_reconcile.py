@@ -23,6 +23,7 @@ CONFIG = OperatorConfig(
     storage_endpoint="minio:9000",
     storage_bucket="ft",
     gpu_types={"a100": GpuType(nodeSelector={"gpu": "a100"})},
+    shared_prefixes=["s3://ft/models"],
 )
 OWNER = {"apiVersion": "finetune.dev/v1alpha1", "kind": "Evaluation", "metadata": {"name": "qa", "namespace": "team-a", "uid": "u-1", "generation": 1}}
 OUTPUT = "s3://ft/evaluations/team-a/qa-u-1"

@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 API_KEY = "sk-endpoint-" + "7c1e" * 6
 BASE_URI = "s3://finetune/models/endpoint-tiny"
-ADAPTER_URI = "s3://finetune/adapters/endpoint-support"
-LATER_URI = "s3://finetune/adapters/endpoint-later"
+ADAPTER_URI = "s3://finetune/models/adapters/endpoint-support"
+LATER_URI = "s3://finetune/models/adapters/endpoint-later"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
@@ -154,7 +154,7 @@ def test_builtin_endpoint_serves_its_model_and_hot_loads_adapters(cluster, objec
     cluster.patch_spec("inferenceendpoints", "support", {"adapters": [
         {"name": "support-next", "fineTuneJob": "next-version"},
         {"name": "support-v1", "uri": ADAPTER_URI},
-        {"name": "broken", "uri": "s3://finetune/adapters/does-not-exist"},
+        {"name": "broken", "uri": "s3://finetune/models/adapters/does-not-exist"},
     ]})  # fmt: skip
     loaded = cluster.wait_for(
         "inferenceendpoints", "support",

@@ -31,6 +31,7 @@ CONFIG = OperatorConfig(
     storage_endpoint="minio.example:9000",
     storage_bucket="finetune",
     gpu_types={"h100": GpuType(nodeSelector={"gpu": "h100"}, tolerations=[{"key": "h100", "operator": "Exists"}])},
+    shared_prefixes=["s3://finetune/models"],
 )
 NS = "team-a"
 
@@ -91,7 +92,7 @@ def test_runtime_defaults_to_vllm_on_gpus_and_builtin_on_cpu(resources, runtime,
 
 def test_builtin_deployment_runs_the_server_with_its_config_key_and_probes():
     spec = {**BASE, "apiKeySecretRef": {"name": "support-key"}, "maxModelLen": 1024}
-    made = children(spec, [server.ServedAdapter("tuned", "s3://finetune/adapters/tuned")])
+    made = children(spec, [server.ServedAdapter("tuned", "s3://finetune/uploads/team-a/adapters/tuned")])
     dep = made["Deployment"]
     assert dep["metadata"]["name"] == "support-server"
     assert dep["metadata"]["ownerReferences"][0] == {
@@ -122,7 +123,7 @@ def test_builtin_deployment_runs_the_server_with_its_config_key_and_probes():
     config = contract.ServeConfig.model_validate_json(made["ConfigMap"]["data"]["serve.json"])
     assert config.base_model == "s3://finetune/models/tiny"
     assert config.served_model_name == "support"
-    assert [(a.name, a.uri) for a in config.adapters] == [("tuned", "s3://finetune/adapters/tuned")]
+    assert [(a.name, a.uri) for a in config.adapters] == [("tuned", "s3://finetune/uploads/team-a/adapters/tuned")]
     assert config.api_key_file == "/var/run/secrets/finetune/api-key/apiKey"
     assert config.storage.credentials_dir == "/var/run/secrets/finetune/storage" and config.storage.endpoint == "minio.example:9000"
     assert config.max_model_len == 1024
@@ -160,8 +161,8 @@ def test_min_equal_max_deletes_a_left_over_autoscaler():
 
 
 def test_adding_an_adapter_to_a_builtin_endpoint_changes_the_configmap_not_the_pod_template():
-    before = children(BASE, [server.ServedAdapter("a", "s3://finetune/adapters/a")])
-    after = children(BASE, [server.ServedAdapter("a", "s3://finetune/adapters/a"), server.ServedAdapter("b", "s3://finetune/adapters/b")])
+    before = children(BASE, [server.ServedAdapter("a", "s3://finetune/uploads/team-a/adapters/a")])
+    after = children(BASE, [server.ServedAdapter("a", "s3://finetune/uploads/team-a/adapters/a"), server.ServedAdapter("b", "s3://finetune/uploads/team-a/adapters/b")])
     assert after["Deployment"] == before["Deployment"]
     assert after["ConfigMap"]["data"] != before["ConfigMap"]["data"]
     assert [a.name for a in contract.ServeConfig.model_validate_json(after["ConfigMap"]["data"]["serve.json"]).adapters] == ["a", "b"]
@@ -173,7 +174,7 @@ VLLM = {**BASE, "resources": {"gpus": 2, "gpuType": "h100", "cpu": "8", "memory"
 
 
 def test_vllm_deployment_fetches_weights_then_serves_them_on_gpus():
-    made = children(VLLM, [server.ServedAdapter("tuned:v1", "s3://finetune/adapters/t")])
+    made = children(VLLM, [server.ServedAdapter("tuned:v1", "s3://finetune/uploads/team-a/adapters/t")])
     dep = made["Deployment"]
     pod = dep["spec"]["template"]["spec"]
     assert check_restricted(pod, dep["spec"]["template"]["metadata"]["annotations"]) == []
@@ -201,7 +202,7 @@ def test_vllm_deployment_fetches_weights_then_serves_them_on_gpus():
     assert init["command"] == ["finetune-trainer", "fetch", "--config", "/etc/finetune/fetch.json"]
     assert "nvidia.com/gpu" not in init["resources"]["limits"]
     fetch = contract.FetchConfig.model_validate_json(made["ConfigMap"]["data"]["fetch.json"])
-    assert [(i.uri, i.dest) for i in fetch.items] == [("s3://finetune/models/tiny", "/models/base"), ("s3://finetune/adapters/t", adapter_path)]
+    assert [(i.uri, i.dest) for i in fetch.items] == [("s3://finetune/models/tiny", "/models/base"), ("s3://finetune/uploads/team-a/adapters/t", adapter_path)]
     assert "class RequireApiKey" in made["ConfigMap"]["data"]["finetune_vllm_auth.py"]
 
 
@@ -216,8 +217,8 @@ def test_vllm_hf_base_model_is_downloaded_by_vllm_itself_with_the_token_file():
 
 
 def test_adding_an_adapter_to_a_vllm_endpoint_rolls_the_deployment():
-    one = children(VLLM, [server.ServedAdapter("a", "s3://finetune/adapters/a")])["Deployment"]
-    two = children(VLLM, [server.ServedAdapter("a", "s3://finetune/adapters/a"), server.ServedAdapter("b", "s3://finetune/adapters/b")])["Deployment"]
+    one = children(VLLM, [server.ServedAdapter("a", "s3://finetune/uploads/team-a/adapters/a")])["Deployment"]
+    two = children(VLLM, [server.ServedAdapter("a", "s3://finetune/uploads/team-a/adapters/a"), server.ServedAdapter("b", "s3://finetune/uploads/team-a/adapters/b")])["Deployment"]
     key = server.ADAPTERS_HASH_ANNOTATION
     assert one["spec"]["template"]["metadata"]["annotations"][key] != two["spec"]["template"]["metadata"]["annotations"][key]
     assert "b=" + server.adapter_dir("b") in container(two)["args"]
@@ -295,11 +296,11 @@ def test_a_new_endpoint_is_deploying_with_its_children_planned():
 
 
 def test_a_ready_replica_makes_the_endpoint_ready_with_its_models():
-    observed = Observed(deployment=ready_deployment(), server_adapters=[[{"name": "a", "uri": "s3://finetune/adapters/a", "status": "loaded"}]])
-    plan = run({**BASE, "adapters": [{"name": "a", "uri": "s3://finetune/adapters/a"}]}, observed, status={"phase": "Deploying"})
+    observed = Observed(deployment=ready_deployment(), server_adapters=[[{"name": "a", "uri": "s3://finetune/uploads/team-a/adapters/a", "status": "loaded"}]])
+    plan = run({**BASE, "adapters": [{"name": "a", "uri": "s3://finetune/uploads/team-a/adapters/a"}]}, observed, status={"phase": "Deploying"})
     assert plan.new_phase == "Ready"
     assert plan.status["models"] == ["support", "a"]
-    assert plan.status["adapters"] == [{"name": "a", "ready": True, "uri": "s3://finetune/adapters/a"}]
+    assert plan.status["adapters"] == [{"name": "a", "ready": True, "uri": "s3://finetune/uploads/team-a/adapters/a"}]
     assert plan.status["readyReplicas"] == 1
     conditions = {c["type"]: c for c in plan.status["conditions"]}
     assert conditions["Ready"]["status"] == "True" and conditions["AdaptersReady"]["reason"] == "AllAdaptersReady"
@@ -337,10 +338,10 @@ def test_adapters_resolve_from_completed_finetunejobs_and_name_what_is_missing()
 
 
 def test_an_adapter_the_server_cannot_load_is_reported_with_the_servers_reason():
-    spec = {**BASE, "adapters": [{"name": "bad", "uri": "s3://finetune/adapters/bad"}, {"name": "loading", "uri": "s3://finetune/adapters/l"}]}
+    spec = {**BASE, "adapters": [{"name": "bad", "uri": "s3://finetune/uploads/team-a/adapters/bad"}, {"name": "loading", "uri": "s3://finetune/uploads/team-a/adapters/l"}]}
     report = [[
-        {"name": "bad", "uri": "s3://finetune/adapters/bad", "status": "failed", "error": "no adapter_config.json in the adapter folder"},
-        {"name": "loading", "uri": "s3://finetune/adapters/l", "status": "loading"},
+        {"name": "bad", "uri": "s3://finetune/uploads/team-a/adapters/bad", "status": "failed", "error": "no adapter_config.json in the adapter folder"},
+        {"name": "loading", "uri": "s3://finetune/uploads/team-a/adapters/l", "status": "loading"},
     ]]  # fmt: skip
     plan = run(spec, Observed(deployment=ready_deployment(), server_adapters=report))
     adapters = {a["name"]: a for a in plan.status["adapters"]}
@@ -420,10 +421,10 @@ def test_the_examples_are_valid_endpoints(path):
 
 
 def test_a_vllm_adapter_that_cannot_be_fetched_is_named_while_the_old_pods_keep_serving():
-    spec = {**VLLM, "adapters": [{"name": "good", "uri": "s3://finetune/adapters/good"}, {"name": "gone", "uri": "s3://finetune/adapters/gone"}]}
+    spec = {**VLLM, "adapters": [{"name": "good", "uri": "s3://finetune/uploads/team-a/adapters/good"}, {"name": "gone", "uri": "s3://finetune/uploads/team-a/adapters/gone"}]}
     new_pod = {"metadata": {"name": "new"}, "status": {"initContainerStatuses": [{
         "name": "fetch", "state": {"running": {}},
-        "lastState": {"terminated": {"exitCode": 42, "message": "ArtifactNotFound: s3://finetune/adapters/gone has no manifest.json"}},
+        "lastState": {"terminated": {"exitCode": 42, "message": "ArtifactNotFound: s3://finetune/uploads/team-a/adapters/gone has no manifest.json"}},
     }]}}  # fmt: skip
     rolling = ready_deployment(ready=1, updatedReplicas=1, replicas=2)
     plan = run(spec, Observed(deployment=rolling, pods=[new_pod]))

@@ -22,7 +22,7 @@ metadata:
   name: support-chats
 spec:
   source:
-    uri: s3://finetune/uploads/support-chats.jsonl
+    uri: s3://finetune/uploads/{namespace}/support-chats.jsonl
   format: chat
 """
 
@@ -68,8 +68,8 @@ def chat_jsonl(n: int = 24) -> bytes:
 def make_dataset_ready(cluster, object_store, timeout: float = 90) -> dict:
     """A chat file uploaded and its Dataset validated for real (the validation Job runs the validator)."""
     data = chat_jsonl()
-    object_store.client().put_object("finetune", "uploads/support-chats.jsonl", io.BytesIO(data), len(data))
-    cluster.apply(DATASET_YAML)
+    object_store.client().put_object("finetune", f"uploads/{cluster.namespace}/support-chats.jsonl", io.BytesIO(data), len(data))
+    cluster.apply(DATASET_YAML.format(namespace=cluster.namespace))
     return cluster.wait_phase("datasets", "support-chats", "Ready", timeout=timeout)
 
 

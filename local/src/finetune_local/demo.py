@@ -39,7 +39,8 @@ CRDS = REPO_ROOT / "crds"
 NAMESPACE = "finetune-demo"
 BUCKET = "finetune"
 BASE_MODEL_URI = f"s3://{BUCKET}/models/tiny-support"
-DATA_KEY = "demo/support-tickets.jsonl"
+DATA_KEY = f"uploads/{NAMESPACE}/support-tickets.jsonl"
+"""The tenant's own file, under its namespace's prefix (base models are a shared, read-only catalogue)."""
 GROUP, VERSION = "finetune.dev", "v1alpha1"
 PLURALS = {"Dataset": "datasets", "FineTuneJob": "finetunejobs", "InferenceEndpoint": "inferenceendpoints", "Evaluation": "evaluations"}
 NUM_EXAMPLES = 1340
@@ -172,6 +173,7 @@ def start_operator(cluster: LocalCluster) -> None:
         "FINETUNE_PROGRESS_INTERVAL_SECONDS": "2",
         "FINETUNE_LOG_FORMAT": "text",
         "FINETUNE_METRICS_PORT": str(cluster.metrics_port),
+        "FINETUNE_SHARED_PREFIXES": f"s3://{BUCKET}/models",
         "FINETUNE_HEALTH_PORT": str(health_port),
     })
     cluster.operator_log = cluster.work_dir / "operator.log"

@@ -53,6 +53,26 @@ class OperatorConfig(BaseModel):
     default_memory: str = Field(default="32Gi", description="memory of a trainer or server container whose spec names none")
     termination_grace_seconds: int = Field(default=120, ge=1, description="time a trainer gets to checkpoint on SIGTERM")
     pvc_mount_root: str = Field(default="/models", description="where pvc://claim/path base models are mounted in pods")
+    shared_prefixes: list[str] = Field(
+        default_factory=list,
+        description="comma-separated s3:// prefixes every namespace may read (base models, say) and none may write",
+    )
+    allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback, link-local and private addresses")
+
+    @field_validator("shared_prefixes", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("shared_prefixes")
+    @classmethod
+    def _s3_prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix.startswith("s3://") or len(prefix.rstrip("/").split("/")) < 4:
+                raise ValueError(f"{prefix!r}: a shared prefix is s3://<bucket>/<folder>[/...], never a whole bucket")
+        return value
 
     @field_validator("gpu_types", mode="before")
     @classmethod

@@ -58,7 +58,7 @@ class ConditionType:
     FAILED = "Failed"
     """The job ended without a model. Reasons: the trainer's own (InvalidDataset, ImpossibleConfig,
     BaseModelNotFound, OutOfMemory, ...), InvalidSpec, BackoffLimitExceeded, DeadlineExceeded,
-    JobDeleted, Cancelled."""
+    JobDeleted, Cancelled, OutputOutsideItsFolder (progress.json named a model elsewhere: not trusted)."""
     SUSPENDED = "Suspended"
     """spec.suspend is true: no pods run; resuming continues from the last checkpoint. Reasons:
     UserSuspended, Resumed."""
@@ -91,6 +91,7 @@ class Reason:
     CANCELLED = "Cancelled"
     TRAINER_FAILED = "TrainerFailed"
     DATASET_CHANGED = "DatasetChanged"
+    OUTPUT_OUTSIDE_ITS_FOLDER = "OutputOutsideItsFolder"
 
 
 class LoraSpec(ApiModel, contract.LoraOptions):

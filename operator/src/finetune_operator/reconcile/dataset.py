@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator import naming
+from finetune_operator import naming, tenancy
 from finetune_operator.api.dataset import DatasetSpec, DatasetStatus, Reason, check_report_status, first_errors, ready_message, stats_status
 from finetune_operator.api.dataset import ConditionType as C
 from finetune_operator.config import OperatorConfig
@@ -169,6 +169,8 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig, retry_faile
     spec, problem = r.parse(DatasetSpec)
     if spec is not None and (spec.source.uri is None) == (spec.source.config_map_ref is None):
         problem = "spec.source: set exactly one of uri and configMapRef"
+    elif spec is not None:
+        problem = "; ".join(tenancy.dataset_problems(spec, r.namespace, config)) or None
     if problem:
         r.conditions.set(C.VALIDATED, False, Reason.INVALID_SPEC, problem)
         r.conditions.set(C.READY, False, Reason.INVALID, problem)
@@ -224,6 +226,9 @@ class _Step:
         complete = job_condition(job, "Complete", "SuccessCriteriaMet")
         report = self.observed.report
         if complete is not None and report is not None and report.is_check_passed:
+            folder = naming.dataset_output_uri(self.config, self.r.namespace, self.r.name)
+            if not all(tenancy.under_own_prefix(u, folder) for u in (report.train_uri, report.validation_uri) if u):
+                return self.retry(Reason.VALIDATOR_FAILED, f"the check report names files outside the Dataset's folder {folder}; it is not trusted")
             if self.observed.manifest_exists and report.sha256:
                 return self.ready(report)
             folder = naming.dataset_folder_uri(self.config, self.r.namespace, self.r.name, report.sha256 or "<sha256>")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from finetune_operator import naming
+from finetune_operator import naming, tenancy
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import ConditionType as C
 from finetune_operator.api.evaluation import EvaluationSpec, EvaluationStatus, Reason, headline, pass_verdict, score_rows, spec_problems
@@ -135,7 +135,7 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Evaluati
         return r.finish(plan)
     spec, problem = r.parse(EvaluationSpec)
     if spec is not None:
-        problem = "; ".join(spec_problems(spec, config)) or None
+        problem = "; ".join(spec_problems(spec, config) + tenancy.evaluation_problems(spec, r.namespace, config)) or None
     if problem:
         return _fail_invalid_spec(r, plan, problem)
     results = naming.evaluation_output_uri(config, r.namespace, r.name, r.uid)
@@ -160,6 +160,10 @@ def _create_job(r: Reconciliation, plan: EvaluationPlan, spec: EvaluationSpec, o
     """Before the Job exists every input must be ready. A Job that vanished (deleted by hand) is made again
     under the same name: an evaluation is cheap to redo."""
     inputs, problem = resolve_inputs(spec, observed)
+    if not problem:  # models from FineTuneJobs' status are held to this namespace's storage too
+        outside = tenancy.problems(tenancy.check_read(u, f"model {m.name}", r.namespace, config)
+                                   for m in inputs.models for u in (m.model_uri, m.adapter_uri) if u)  # fmt: skip
+        problem = (Reason.MODEL_NOT_READY, "; ".join(outside)) if outside else None
     if problem:
         r.conditions.set(C.VALIDATED, False, *problem)
         r.out["message"] = problem[1]
@@ -232,7 +236,8 @@ def _completed(r: Reconciliation, plan: EvaluationPlan, spec: EvaluationSpec, su
     r.out["scores"] = [row.dump() for row in rows]
     r.out["headline"] = title
     r.out["samples"] = summary.samples
-    r.out["resultsUri"] = summary.results_uri or contract.join_uri(results, contract.RESULTS_FILE)
+    trusted = summary.results_uri if tenancy.under_own_prefix(summary.results_uri, results) else None
+    r.out["resultsUri"] = trusted or contract.join_uri(results, contract.RESULTS_FILE)
     r.out["startTime"] = r.old.get("startTime") or rfc3339(now())
     r.conditions.set(C.RUNNING, False, Reason.STOPPED, "the evaluator finished")
     r.conditions.set(C.SUCCEEDED, True, Reason.SCORED, f"{len(rows)} scores over {summary.samples} samples")

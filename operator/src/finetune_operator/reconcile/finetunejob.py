@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from finetune_operator import naming
+from finetune_operator import naming, tenancy
 from finetune_operator.api.finetunejob import ConditionType as C
 from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, progress_status, spec_problems
 from finetune_operator.config import OperatorConfig
@@ -82,7 +82,7 @@ def _decide(obj: dict, observed: Observed, config: OperatorConfig) -> FineTuneJo
         return r.finish(plan)
     spec, problem = r.parse(FineTuneJobSpec)
     if spec is not None:
-        problem = "; ".join(spec_problems(spec, config, r.name)) or None
+        problem = "; ".join(spec_problems(spec, config, r.name) + tenancy.finetunejob_problems(spec, r.namespace, config)) or None
     if problem:
         r.conditions.set(C.VALIDATED, False, Reason.INVALID_SPEC, problem)
         r.conditions.set(C.FAILED, True, Reason.INVALID_SPEC, problem)
@@ -114,7 +114,7 @@ def _create_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
     if inputs is None:
         inputs, problem = trainer_inputs(spec, observed.dataset, observed.validation_dataset, observed.checkpoint_source,
                                          r.out["artifactsUri"], naming.output_model_name(r.namespace, r.name, spec.base_model.uri, spec.suffix),
-                                         spec.queue_name or config.default_queue or None)
+                                         spec.queue_name or config.default_queue or None, r.namespace, config)
         if problem is None and recreating and r.old.get("datasetSha256") and inputs.dataset_sha256 != r.old["datasetSha256"]:
             problem = (Reason.DATASET_CHANGED, f"the Job {naming.trainer_job_name(r.name)} is gone and Dataset {spec.dataset} "
                        f"now holds other data (sha256 {inputs.dataset_sha256}, this job trained on {r.old['datasetSha256']}); "
@@ -160,7 +160,7 @@ def _follow_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
     progress = observed.progress
     if progress is not None:
         r.out["progress"] = progress_status(progress)
-        r.out["checkpoints"] = [{"step": cp.step, "uri": cp.uri} for cp in progress.checkpoints]
+        r.out["checkpoints"] = [{"step": cp.step, "uri": cp.uri} for cp in progress.checkpoints if tenancy.under_own_prefix(cp.uri, r.out["artifactsUri"])]
     else:
         r.keep("progress", "checkpoints")
     r.out["retries"] = int(job.get("status", {}).get("failed", 0) or 0)
@@ -207,6 +207,12 @@ def _finished(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec, o
         return r.finish(plan)
     if job_condition(job, "Complete") is None:
         return None
+    if progress is not None and not all(tenancy.under_own_prefix(u, r.out["artifactsUri"]) for u in (progress.model_uri, progress.merged_model_uri) if u):
+        message = f"progress.json names a model outside this job's folder {r.out['artifactsUri']}; it is not trusted"
+        r.conditions.set(C.RUNNING, False, Reason.STOPPED, "the trainer exited")
+        r.conditions.set(C.FAILED, True, Reason.OUTPUT_OUTSIDE_ITS_FOLDER, message)
+        r.out["message"] = f"Job failed: {message}"
+        return r.finish(plan)
     if not (observed.model_complete and progress is not None and progress.model_uri):
         r.conditions.set(C.RUNNING, False, Reason.STOPPED, "the trainer exited")
         r.conditions.set(C.FAILED, True, Reason.TRAINER_FAILED, "the trainer exited 0 but no complete model (manifest.json) was found")

@@ -22,7 +22,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune_operator import naming
+from finetune_operator import naming, tenancy
 from finetune_operator.api.inferenceendpoint import AdapterSpec, InferenceEndpointSpec, InferenceEndpointStatus, Reason
 from finetune_operator.api.inferenceendpoint import ConditionType as C
 from finetune_operator.config import OperatorConfig
@@ -97,8 +97,8 @@ def operator_side_problems(name: str, spec: InferenceEndpointSpec, config: Opera
     return problems
 
 
-def resolve_adapter(adapter: AdapterSpec, finetunejobs: dict[str, dict | None]) -> AdapterResolution:
-    """An adapter's URI, or why it has none yet."""
+def resolve_adapter(adapter: AdapterSpec, finetunejobs: dict[str, dict | None], namespace: str, config: OperatorConfig) -> AdapterResolution:
+    """An adapter's URI, or why it has none yet (a FineTuneJob's output is held to this namespace's storage too)."""
     if adapter.uri:
         return AdapterResolution(adapter, adapter.uri)
     job_name = adapter.fine_tune_job or ""
@@ -112,6 +112,9 @@ def resolve_adapter(adapter: AdapterSpec, finetunejobs: dict[str, dict | None]) 
         return AdapterResolution(adapter, None, Reason.FINETUNEJOB_NOT_COMPLETED, f"FineTuneJob {job_name} is {phase}; its adapter is served once it is Completed")
     if model.get("adapter") is False:
         return AdapterResolution(adapter, None, Reason.NOT_AN_ADAPTER, f"FineTuneJob {job_name} trained a full model, not a LoRA adapter; serve it as a baseModel instead")
+    outside = tenancy.check_read(model["uri"], f"FineTuneJob {job_name} status.outputModel.uri", namespace, config)
+    if outside:
+        return AdapterResolution(adapter, None, Reason.ADAPTER_LOAD_FAILED, outside)
     return AdapterResolution(adapter, model["uri"])
 
 
@@ -172,7 +175,7 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     plan = InferenceEndpointPlan(status={})
     spec, problem = r.parse(InferenceEndpointSpec)
     if spec is not None:
-        problem = "; ".join(operator_side_problems(r.name, spec, config)) or None
+        problem = "; ".join(operator_side_problems(r.name, spec, config) + tenancy.endpoint_problems(spec, r.namespace, config)) or None
     if problem:
         r.conditions.set(C.READY, False, Reason.INVALID_SPEC, problem)
         r.out["message"] = f"Invalid spec: {problem}"
@@ -180,7 +183,7 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     runtime = effective_runtime(spec)
     child = naming.server_name(r.name)
     r.out.update(runtime=runtime, deploymentName=child, serviceName=child, url=naming.server_url(r.name, r.namespace))
-    resolutions = [resolve_adapter(a, observed.finetunejobs) for a in spec.adapters]
+    resolutions = [resolve_adapter(a, observed.finetunejobs, r.namespace, config) for a in spec.adapters]
     servable = [ServedAdapter(res.spec.name, res.uri) for res in resolutions if res.uri]
     plan.apply = build_server_children(obj, spec, servable, config)
     if spec.replicas.min == spec.replicas.max:

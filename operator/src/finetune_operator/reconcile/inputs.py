@@ -4,10 +4,12 @@ returns what it found, or the (reason, message) that keeps the caller waiting.""
 
 from __future__ import annotations
 
+from finetune_operator import tenancy
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import EvaluationSpec
 from finetune_operator.api.evaluation import Reason as EvaluationReason
 from finetune_operator.api.finetunejob import FineTuneJobSpec, Reason
+from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.evaluation_job import ResolvedModel
 from finetune_operator.manifests.trainer_job import TrainerInputs
 
@@ -63,7 +65,7 @@ def resolve_checkpoint(ref: str, source: dict | None) -> tuple[str | None, tuple
 
 def trainer_inputs(
     spec: FineTuneJobSpec, dataset: dict | None, validation_dataset: dict | None, checkpoint_source: dict | None,
-    artifacts_uri: str, output_model_name: str, queue: str | None,
+    artifacts_uri: str, output_model_name: str, queue: str | None, namespace: str, config: OperatorConfig,
 ) -> tuple[TrainerInputs, tuple[str, str] | None]:
     """A FineTuneJob's inputs from its Datasets (and the job it continues), or the first reason it must wait."""
     empty = TrainerInputs(train_data=[], artifacts_uri=artifacts_uri, output_model_name="")
@@ -85,6 +87,9 @@ def trainer_inputs(
         checkpoint, problem = resolve_checkpoint(spec.from_checkpoint, checkpoint_source)
         if problem:
             return empty, problem
+        outside = tenancy.check_read(checkpoint or "", "spec.fromCheckpoint", namespace, config)
+        if outside:
+            return empty, (Reason.CHECKPOINT_NOT_FOUND, outside)
     return TrainerInputs(
         train_data=[ds_status["trainUri"]],
         validation_data=validation,
