@@ -139,3 +139,18 @@ Checks that stop a release with values that cannot work.
 {{- fail "minio.enabled needs storage.credentialsSecret.name: MinIO takes its root credentials from that Secret" }}
 {{- end }}
 {{- end }}
+
+{{/*
+tenancy.sharedPrefixes as full s3:// URIs, comma separated: a plain folder is a folder of storage.bucket.
+*/}}
+{{- define "finetune-operator.sharedPrefixes" -}}
+{{- $out := list }}
+{{- range .Values.tenancy.sharedPrefixes }}
+{{- if hasPrefix "s3://" . }}
+{{- $out = append $out (trimSuffix "/" .) }}
+{{- else }}
+{{- $out = append $out (printf "s3://%s/%s" $.Values.storage.bucket (trimAll "/" .)) }}
+{{- end }}
+{{- end }}
+{{- join "," $out }}
+{{- end }}
