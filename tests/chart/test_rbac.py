@@ -66,15 +66,17 @@ def test_a_missing_or_an_extra_verb_is_caught_both_ways(default_render: Rendered
     granted = granted_to_operator(default_render)
     needed = expected_operator_triples(peering=False, namespaced=False)
     without_job_create = granted - {("batch", "jobs", "create")}
-    with_secret_read = granted | {("", "secrets", "get")}
+    with_secret_list = granted | {("", "secrets", "list")}
     assert differences(without_job_create, needed)["needed by the operator but not granted"] == [("batch", "jobs", "create")]
-    assert differences(with_secret_read, needed)["granted but not needed by the operator"] == [("", "secrets", "get")]
+    assert differences(with_secret_list, needed)["granted but not needed by the operator"] == [("", "secrets", "list")]
 
 
-def test_operator_never_reads_secrets(default_render: Rendered) -> None:
+def test_operator_may_only_get_a_named_secret_never_list_watch_or_change_one(default_render: Rendered) -> None:
+    """It reads the labels of a Secret a spec names (its owner's consent), asking for the metadata only."""
     for role in default_render.of_kind("ClusterRole") + default_render.of_kind("Role"):
-        resources = {t[1] for t in expand_rules(role["rules"])}
-        assert "secrets" not in resources and "*" not in resources, role["metadata"]["name"]
+        triples = expand_rules(role["rules"])
+        assert {t[2] for t in triples if t[1] == "secrets"} <= {"get"}, role["metadata"]["name"]
+        assert "*" not in {t[1] for t in triples}, role["metadata"]["name"]
 
 
 def test_one_namespace_gets_a_role_there_and_only_cluster_scoped_rules_cluster_wide() -> None:

@@ -29,8 +29,8 @@ class Server:
         kubernetes.config.load_kube_config(config_file=str(api.kubeconfig), client_configuration=configuration)
         self.kube = Kube(configuration, timeout_seconds=30)
 
-    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json", **query: Any) -> Any:
-        return self.kube.request(method, path, body=body, query=query or None, content_type=content_type)
+    def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json", accept: str = "application/json", **query: Any) -> Any:
+        return self.kube.request(method, path, body=body, query=query or None, content_type=content_type, accept=accept)
 
     def error(self, method: str, path: str, body: Any = None, content_type: str = "application/json", **query: Any) -> ApiError:
         with pytest.raises(ApiError) as raised:
@@ -225,3 +225,16 @@ def test_a_wrong_type_is_refused_before_the_rules_run(server: Server, ns: str) -
     assert error.message == ('FineTuneJob.finetune.dev "bot" is invalid: [spec.numNodes: Invalid value: "string": spec.numNodes in body '
                              'must be of type integer: "string", <nil>: Invalid value: null: some validation rules were not checked '
                              'because the object was invalid; correct the existing errors to complete validation]'), error.message
+
+
+def test_a_client_may_ask_for_an_objects_metadata_only(server: Server, ns: str) -> None:
+    """How the operator reads a Secret's labels (its owner's consent) without ever receiving its data."""
+    from finetune_operator.kube import METADATA_ONLY
+
+    server.request("POST", f"/api/v1/namespaces/{ns}/secrets",
+                   {"metadata": {"name": "token", "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"token": "s3cr3t"}})  # fmt: skip
+    meta = server.request("GET", f"/api/v1/namespaces/{ns}/secrets/token", accept=METADATA_ONLY)
+    assert meta["kind"] == "PartialObjectMetadata" and "data" not in meta and "stringData" not in meta
+    assert meta["metadata"]["labels"] == {"finetune.dev/allow-use": "true"}
+    assert server.kube.secret_labels(ns, "token") == {"finetune.dev/allow-use": "true"}
+    assert server.kube.secret_labels(ns, "absent") is None

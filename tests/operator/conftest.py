@@ -227,10 +227,12 @@ class Cluster:
         """The FineTuneJobs' trainer Jobs, not the Datasets' validation Jobs."""
         return self.jobs("finetune.dev/finetunejob")
 
-    def storage_secret(self, object_store, name: str = "finetune-storage") -> None:
+    def storage_secret(self, object_store, name: str = "finetune-storage", allow_use: bool = False) -> None:
+        """The object store's keys in a Secret; ``allow_use``: labelled so that a spec may name it."""
+        labels = {"finetune.dev/allow-use": "true"} if allow_use else {}
         self.core.create_namespaced_secret(
             self.namespace,
-            {"metadata": {"name": name}, "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key}},
+            {"metadata": {"name": name, "labels": labels}, "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key}},
         )
 
 

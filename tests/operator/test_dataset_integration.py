@@ -266,7 +266,7 @@ def test_a_malformed_file_is_invalid_with_the_line_and_rule(cluster, object_stor
 def test_an_https_source_that_is_not_there_is_invalid_and_one_behind_a_token_is_ready(cluster, object_store, start_operator, trusting_runner, file_server):
     start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
-    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"bearer": TOKEN}})
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server", "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"bearer": TOKEN}})
     cluster.apply(dataset_yaml("gone", f"uri: {file_server.url}/gone.jsonl\nsecretRef:\n  name: file-server\n  key: bearer"))
     cluster.apply(dataset_yaml("shipping", f"uri: {file_server.url}/chats.jsonl\nsecretRef:\n  name: file-server\n  key: bearer"))
     gone = cluster.wait_phase("datasets", "gone", "Invalid")
@@ -288,8 +288,14 @@ def test_a_missing_source_secret_keeps_the_dataset_pending_until_it_exists(clust
     assert pending["status"]["message"] == "Secret uploads-credentials does not exist in this namespace (spec.source.secretRef)"
     assert condition(pending, "Ready")["reason"] == "SecretNotFound"
     eventually(lambda: any("uploads-credentials" in m for m in event_messages(cluster, "private", "Warning")), what="the Pending event")
+    # The Secret appears, but its owner has not allowed specs to name it: still Pending, no pod mounts it.
     cluster.storage_secret(object_store, name="uploads-credentials")
-    ready = cluster.wait_phase("datasets", "private", "Ready")
+    refused = cluster.wait_for("datasets", "private", lambda o: "may not be used yet" in o.get("status", {}).get("message", ""),
+                               timeout=90, what="to wait for the Secret's consent")  # fmt: skip
+    assert refused["status"]["phase"] == "Pending" and condition(refused, "Ready")["reason"] == "SecretNotAllowed"
+    assert cluster.jobs() == [], "no validation pod may mount a Secret its owner did not allow"
+    cluster.core.patch_namespaced_secret("uploads-credentials", cluster.namespace, {"metadata": {"labels": {"finetune.dev/allow-use": "true"}}})
+    ready = cluster.wait_phase("datasets", "private", "Ready", timeout=90)
     assert ready["status"]["numSamples"] == 12
 
 
@@ -298,7 +304,7 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
 
     start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
-    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server", "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"token": TOKEN}})
     cluster.apply(dataset_yaml("support-chats", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
     cluster.wait_phase("datasets", "support-chats", "Validating")
     cluster.apply(finetunejob_yaml(name="support-bot", base="s3://finetune/models/hold"))
@@ -334,7 +340,7 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
 def test_an_operator_killed_mid_validation_finds_its_own_job(cluster, object_store, start_operator, trusting_runner, file_server):
     operator = start_operator(FINETUNE_ALLOW_PRIVATE_URLS="true")  # the test's file server is on loopback
     cluster.storage_secret(object_store)
-    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server"}, "stringData": {"token": TOKEN}})
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "file-server", "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"token": TOKEN}})
     cluster.apply(dataset_yaml("shipping", f"uri: {file_server.url}/held/chats.jsonl\nsecretRef:\n  name: file-server"))
     cluster.wait_phase("datasets", "shipping", "Validating")
     operator.kill()

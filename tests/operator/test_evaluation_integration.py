@@ -243,7 +243,7 @@ spec:
 def test_the_models_of_an_inference_endpoint_are_graded_through_its_api_with_its_key(cluster, object_store, store, start_operator, runner, tiny_model, learned_adapter, capsys):
     start_operator()
     cluster.storage_secret(object_store)
-    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "qa-server-key"}, "stringData": {"apiKey": ENDPOINT_API_KEY}})
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": "qa-server-key", "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"apiKey": ENDPOINT_API_KEY}})
     store.upload_artifact(tiny_model, TINY_MODEL_URI, kind="model")
     store.upload_artifact(learned_adapter, "s3://finetune/models/adapters/qa-tuned", kind="adapter", base_model=TINY_MODEL_URI)
     qa_dataset_ready(cluster, object_store)

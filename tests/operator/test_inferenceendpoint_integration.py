@@ -70,7 +70,7 @@ def endpoint_yaml(name: str, extra: str = "") -> str:
 
 
 def api_key_secret(cluster, name: str) -> None:
-    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": name}, "stringData": {"apiKey": API_KEY}})
+    cluster.core.create_namespaced_secret(cluster.namespace, {"metadata": {"name": name, "labels": {"finetune.dev/allow-use": "true"}}, "stringData": {"apiKey": API_KEY}})
 
 
 def service_client(cluster, service: str, api_key: str = API_KEY) -> openai.OpenAI:

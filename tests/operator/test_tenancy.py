@@ -105,3 +105,30 @@ def test_a_report_that_names_files_outside_the_datasets_folder_is_not_trusted() 
                                          train_uri="s3://fts/datasets/team-b/theirs/x/train.jsonl")  # fmt: skip
     plan = dataset.reconcile(obj("Dataset", spec, name="chats", status=created.status), dataset.Observed(job=job, report=report, manifest_exists=True), CONFIG)
     assert plan.new_phase != "Ready" and "outside the Dataset's folder" in plan.status["message"]
+
+
+def test_a_secret_may_be_named_only_with_its_owners_consent() -> None:
+    spec = {"source": {"uri": "https://data.example.com/chats.jsonl", "secretRef": {"name": "their-token"}}}
+    unlabelled = dataset.reconcile(obj("Dataset", spec), dataset.Observed(secrets={"their-token": {"team": "b"}}), CONFIG)
+    assert unlabelled.new_phase == "Pending" and unlabelled.create == [], "no pod may mount it, nothing is fetched"
+    assert "Secret their-token (spec.source.secretRef) may not be used yet" in unlabelled.status["message"]
+    assert "kubectl label secret their-token finetune.dev/allow-use=true" in unlabelled.status["message"]
+    missing = dataset.reconcile(obj("Dataset", spec), dataset.Observed(secrets={"their-token": None}), CONFIG)
+    assert missing.new_phase == "Pending" and "Secret their-token does not exist" in missing.status["message"]
+    allowed = dataset.reconcile(obj("Dataset", spec), dataset.Observed(secrets={"their-token": {tenancy.CONSENT_LABEL: "true"}}), CONFIG)
+    assert [c["kind"] for c in allowed.create] == ["ConfigMap", "Job"]
+
+
+def test_every_kind_asks_for_consent_for_every_secret_it_names() -> None:
+    judge = {"dataset": "qa", "models": [{"name": "m", "baseModel": "hf://org/m"}],
+             "graders": [{"name": "j", "type": "llm_judge", "rubric": "r", "judge": {"url": "https://judge.example.com/v1", "model": "gpt", "apiKeySecretRef": {"name": "k"}}}]}  # fmt: skip
+    plan = evaluation.reconcile(obj("Evaluation", judge), evaluation.Observed(secrets={"k": {}}), CONFIG)
+    assert plan.new_phase == "Pending" and plan.create == [] and "spec.graders[0].judge.apiKeySecretRef" in plan.status["message"]
+    endpoint = {"baseModel": {"uri": "hf://org/m", "secretRef": {"name": "hf"}}, "apiKeySecretRef": {"name": "key"}}
+    plan = inferenceendpoint.reconcile(obj("InferenceEndpoint", endpoint, name="chat"),
+                                       inferenceendpoint.Observed(secrets={"hf": {tenancy.CONSENT_LABEL: "true"}, "key": {}}), CONFIG)  # fmt: skip
+    assert plan.new_phase == "Pending" and plan.apply == [] and "spec.apiKeySecretRef" in plan.status["message"]
+    job = {"baseModel": {"uri": "hf://org/m", "secretRef": {"name": "hf"}}, "dataset": "d"}
+    ready = {"status": {"phase": "Ready", "trainUri": "s3://fts/datasets/team-a/d/1/train.jsonl", "sha256": "1"}}
+    plan = finetunejob.reconcile(obj("FineTuneJob", job), finetunejob.Observed(dataset=ready, secrets={"hf": {"finetune.dev/allow-use": "yes"}}), CONFIG)
+    assert plan.new_phase == "Pending" and plan.create == [] and "spec.baseModel.secretRef" in plan.status["message"]

@@ -225,8 +225,9 @@ def prepare_inputs(cluster: LocalCluster) -> Path:
     key_file.chmod(0o600)
     with cluster.client() as api:
         kubernetes.client.CoreV1Api(api).create_namespaced_secret(
-            NAMESPACE, {"metadata": {"name": "support-api-key"}, "stringData": {"apiKey": cluster.api_key}})
-    say(f"API key                 Secret support-api-key (and {key_file})")
+            NAMESPACE, {"metadata": {"name": "support-api-key", "labels": {"finetune.dev/allow-use": "true"}},
+                        "stringData": {"apiKey": cluster.api_key}})  # the label: its owner lets specs name it
+    say(f"API key                 Secret support-api-key, labelled finetune.dev/allow-use=true (and {key_file})")
 
     store = object_store_client(cluster)
     # A real base model knows the language but not the task. The tiny one gets a vocabulary learned from

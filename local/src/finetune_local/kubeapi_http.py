@@ -299,6 +299,9 @@ class KubeApiApp:
             if route.subresource is None and query.get("watch") in ("true", "1"):
                 selector = Selector([], parse_field_selector(f"metadata.name={route.name}", ()))
                 return await self._watch(request, resource, route.namespace, selector)
+            if "as=PartialObjectMetadata" in request.headers.get("Accept", ""):
+                # the metadata only, as the real server answers a client that asks for it (no data, no spec)
+                return self._json({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]})
             return self._object_response(request, resource, obj)
         if method == "POST":
             if route.name is not None:

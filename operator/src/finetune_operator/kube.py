@@ -55,6 +55,9 @@ CONFIGMAPS = Resource("v1", "configmaps")
 SERVICES = Resource("v1", "services")
 PODS = Resource("v1", "pods")
 EVENTS = Resource("v1", "events")
+SECRETS = Resource("v1", "secrets")
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+"""Accept header that asks the API server for an object's metadata only."""
 JOBS = Resource("batch/v1", "jobs")
 DEPLOYMENTS = Resource("apps/v1", "deployments")
 HPAS = Resource("autoscaling/v2", "horizontalpodautoscalers")
@@ -90,6 +93,9 @@ REQUIRED_PERMISSIONS: list[dict[str, list[str]]] = [
     {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": _CHILD_VERBS},
     # Pods are only read: scheduling state, waiting reasons (a missing Secret), termination messages.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    # Secrets: only `get`, and only their metadata is asked for: the label by which their owner consents to
+    # a spec naming them (tenancy.CONSENT_LABEL). Never list or watch, never the data.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     # Events for every phase transition (kopf posts core/v1 events).
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]},
     {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
@@ -154,10 +160,11 @@ class Kube:
         return client
 
     # -- raw requests ----------------------------------------------------------------------------
-    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None, content_type: str = "application/json") -> Any:
+    def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None, content_type: str = "application/json",
+                accept: str = "application/json") -> Any:  # fmt: skip
         if query:
             path = f"{path}?{urlencode({k: v for k, v in query.items() if v is not None})}"
-        headers = {"Accept": "application/json", "Content-Type": content_type}
+        headers = {"Accept": accept, "Content-Type": content_type}
         _, url, headers, serialized, _ = self.api.param_serialize(
             method=method, resource_path=path, header_params=headers, body=body, auth_settings=["BearerToken"]
         )
@@ -245,6 +252,17 @@ class Kube:
     def forget(self, uid: str) -> None:
         with self._written_lock:
             self._status_written.pop(uid, None)
+
+    def secret_labels(self, namespace: str, name: str) -> dict[str, str] | None:
+        """The labels of a Secret (its owner's consent to its use), None when it does not exist. Only the
+        metadata is asked for (PartialObjectMetadata): the operator never reads a Secret's data."""
+        try:
+            meta = self._call("GET", SECRETS.path(namespace, name), accept=METADATA_ONLY)
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise kopf.TemporaryError(f"reading Secret {name}'s labels: {e.message}", delay=10) from None
+        return dict(((meta or {}).get("metadata") or {}).get("labels") or {})
 
     def post_event(self, obj: dict, type_: str, reason: str, message: str) -> None:
         """Create an Event now (not queued): a reconcile posts its transition's Event before it writes the

@@ -154,3 +154,45 @@ def evaluation_problems(spec, namespace: str, config: OperatorConfig) -> list[st
     checks = [check_read(m.base_model, f"spec.models[{i}].baseModel", namespace, config) for i, m in enumerate(spec.models) if m.base_model]
     checks += [check_url(g.judge.url, f"spec.graders[{i}].judge.url", config) for i, g in enumerate(spec.graders) if g.judge and g.judge.url]
     return problems(checks)
+
+
+# -- Secrets by consent --------------------------------------------------------------------------------------
+
+SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_NOT_ALLOWED = "SecretNotAllowed"
+
+
+def named_secrets(spec) -> list[tuple[str, str]]:
+    """(field, Secret name) of every Secret a spec of any kind names, in the user's field names."""
+    found: list[tuple[str, str]] = []
+    source = getattr(spec, "source", None)
+    if source is not None and source.secret_ref is not None:
+        found.append(("spec.source.secretRef", source.secret_ref.name))
+    base = getattr(spec, "base_model", None)
+    if base is not None and not isinstance(base, str) and base.secret_ref is not None:
+        found.append(("spec.baseModel.secretRef", base.secret_ref.name))
+    key = getattr(spec, "api_key_secret_ref", None)
+    if key is not None:
+        found.append(("spec.apiKeySecretRef", key.name))
+    for i, grader in enumerate(getattr(spec, "graders", None) or []):
+        if grader.judge is not None and grader.judge.api_key_secret_ref is not None:
+            found.append((f"spec.graders[{i}].judge.apiKeySecretRef", grader.judge.api_key_secret_ref.name))
+    return found
+
+
+def secret_problem(spec, labels: dict[str, dict[str, str] | None] | None) -> tuple[str, str] | None:
+    """(reason, message) when a Secret the spec names is missing, or its owner has not allowed its use; ``labels``
+    are the named Secrets' labels as read (None for a missing Secret). ``labels`` None: not read, nothing said."""
+    if labels is None:
+        return None
+    for field, name in named_secrets(spec):
+        if name not in labels:
+            continue
+        if labels[name] is None:
+            return SECRET_NOT_FOUND, f"Secret {name} does not exist in this namespace ({field})"
+        if labels[name].get(CONSENT_LABEL) != "true":
+            return SECRET_NOT_ALLOWED, (
+                f"Secret {name} ({field}) may not be used yet: its owner allows it by labelling it {CONSENT_LABEL}=true "
+                f"(kubectl label secret {name} {CONSENT_LABEL}=true)"
+            )
+    return None

@@ -47,6 +47,7 @@ class Reason:
     INVALID_SPEC = "InvalidSpec"
     DEPLOYMENT_FAILED = "DeploymentFailed"
     SECRET_NOT_FOUND = "SecretNotFound"
+    SECRET_NOT_ALLOWED = "SecretNotAllowed"
     # condition AdaptersReady
     ALL_ADAPTERS_READY = "AllAdaptersReady"
     ADAPTER_NOT_READY = "AdapterNotReady"

@@ -13,8 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from pydantic import BaseModel, ValidationError
+
 from finetune_operator import kube as k
-from finetune_operator import metrics, runtime
+from finetune_operator import metrics, runtime, tenancy
 
 logger = logging.getLogger("finetune_operator.handlers")
 
@@ -24,6 +26,16 @@ class Plan(Protocol):
     events: list[Any]
     old_phase: str | None
     new_phase: str
+
+
+def secret_labels(rt: runtime.Runtime, namespace: str, spec_model: type[BaseModel], raw_spec: dict) -> dict[str, dict[str, str] | None] | None:
+    """The labels of each Secret the spec names (None for one that does not exist), read as metadata only;
+    None for a spec that does not parse (the reconciler says why)."""
+    try:
+        spec = spec_model.model_validate(raw_spec)
+    except ValidationError:
+        return None
+    return {name: rt.kube.secret_labels(namespace, name) for _, name in tenancy.named_secrets(spec)}
 
 
 def status_changed(current: dict, new: dict) -> bool:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from finetune_operator import kube as k
 from finetune_operator import metrics, naming, runtime
 from finetune_operator.api import DATASET
-from finetune_operator.api.dataset import KIND
+from finetune_operator.api.dataset import KIND, DatasetSpec
 from finetune_operator.api.finetunejob import TERMINAL_PHASES
 from finetune_operator.handlers import common
 from finetune_operator.reconcile import dataset as rec
@@ -41,6 +41,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     child = naming.validation_job_name(name, generation)
     observed.job = rt.kube.get(k.JOBS, ns, child)
     if observed.job is None:
+        observed.secrets = common.secret_labels(rt, ns, DatasetSpec, body.get("spec") or {})
         return observed
     observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={child}")
     if not _finished_or_failing(observed.job):

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from finetune_operator import kube as k
 from finetune_operator import metrics, naming, runtime
 from finetune_operator.api import DATASET, EVALUATION, FINETUNEJOB, INFERENCEENDPOINT
-from finetune_operator.api.evaluation import KIND
+from finetune_operator.api.evaluation import KIND, EvaluationSpec
 from finetune_operator.handlers import common
 from finetune_operator.reconcile import evaluation as rec
 
@@ -52,6 +52,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
         jobs, endpoints = _inputs_named(spec)
         observed.finetunejobs = {j: rt.kube.get(k.FINETUNEJOBS, ns, j) for j in sorted(jobs)}
         observed.endpoints = {e: rt.kube.get(k.INFERENCEENDPOINTS, ns, e) for e in sorted(endpoints)}
+        observed.secrets = common.secret_labels(rt, ns, EvaluationSpec, spec)
         return observed
     observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={naming.evaluation_job_name(name)}")
     output = naming.evaluation_output_uri(rt.config, ns, name, uid)

@@ -12,7 +12,7 @@ import kopf
 from finetune_operator import kube as k
 from finetune_operator import metrics, naming, runtime
 from finetune_operator.api import DATASET, FINETUNEJOB
-from finetune_operator.api.finetunejob import KIND, TERMINAL_PHASES
+from finetune_operator.api.finetunejob import KIND, TERMINAL_PHASES, FineTuneJobSpec
 from finetune_operator.config import OperatorConfig
 from finetune_operator.handlers import common
 from finetune_operator.reconcile import finetunejob as rec
@@ -41,6 +41,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     observed.job = rt.kube.get(k.JOBS, ns, child)
     if observed.job is None:
         observed.config_map = rt.kube.get(k.CONFIGMAPS, ns, child)  # the inputs, if the Job was ever made
+        observed.secrets = common.secret_labels(rt, ns, FineTuneJobSpec, spec)
     else:
         observed.pods = rt.kube.list(k.PODS, ns, label_selector=f"{naming.JOB_NAME_LABEL}={child}")
         if status.get("artifactsUri"):

@@ -15,7 +15,7 @@ import kopf
 from finetune_operator import kube as k
 from finetune_operator import metrics, naming, runtime
 from finetune_operator.api import FINETUNEJOB, INFERENCEENDPOINT
-from finetune_operator.api.inferenceendpoint import KIND, Reason
+from finetune_operator.api.inferenceendpoint import KIND, InferenceEndpointSpec, Reason
 from finetune_operator.handlers import common
 from finetune_operator.manifests.common import differs
 from finetune_operator.reconcile import inferenceendpoint as rec
@@ -61,6 +61,7 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
         job = adapter.get("fineTuneJob") if isinstance(adapter, dict) else None
         if job and job not in observed.finetunejobs:
             observed.finetunejobs[job] = rt.kube.get(k.FINETUNEJOBS, ns, job)
+    observed.secrets = common.secret_labels(rt, ns, InferenceEndpointSpec, spec)
     observed.deployment = rt.kube.get(k.DEPLOYMENTS, ns, naming.server_name(name))
     if observed.deployment is not None:
         selector = ",".join(f"{key}={value}" for key, value in naming.server_selector_labels(name).items())

@@ -69,6 +69,8 @@ class Observed:
     """A report exists but does not follow the contract."""
     manifest_exists: bool = False
     """``<prefix>/<report.sha256>/manifest.json`` exists (checked only for a passed report)."""
+    secrets: dict[str, dict[str, str] | None] | None = None
+    """The labels of each Secret the spec names (None: missing); None: not read."""
 
 
 @dataclass
@@ -178,6 +180,13 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig, retry_faile
         return step.finish()
     r.out["validationJobName"] = step.child
     if observed.job is None:
+        secret = tenancy.secret_problem(spec, observed.secrets)
+        if secret:
+            r.conditions.set(C.VALIDATED, "Unknown", *secret)
+            r.conditions.set(C.READY, False, *secret)
+            r.out["message"] = secret[1]
+            plan.retry_after = RETRY_SECONDS
+            return step.finish()
         return step.create_job(spec)
     return step.follow_job(spec)
 

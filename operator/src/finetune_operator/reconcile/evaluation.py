@@ -53,6 +53,8 @@ class Observed:
     summary_malformed: bool = False
     results_complete: bool = False
     """manifest.json exists under the output URI (written last: the results are complete)."""
+    secrets: dict[str, dict[str, str] | None] | None = None
+    """The labels of each Secret the spec names (None: missing); None: not read."""
 
 
 @dataclass
@@ -160,6 +162,7 @@ def _create_job(r: Reconciliation, plan: EvaluationPlan, spec: EvaluationSpec, o
     """Before the Job exists every input must be ready. A Job that vanished (deleted by hand) is made again
     under the same name: an evaluation is cheap to redo."""
     inputs, problem = resolve_inputs(spec, observed)
+    problem = tenancy.secret_problem(spec, observed.secrets) or problem
     if not problem:  # models from FineTuneJobs' status are held to this namespace's storage too
         outside = tenancy.problems(tenancy.check_read(u, f"model {m.name}", r.namespace, config)
                                    for m in inputs.models for u in (m.model_uri, m.adapter_uri) if u)  # fmt: skip

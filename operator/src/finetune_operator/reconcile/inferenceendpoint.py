@@ -42,6 +42,8 @@ class Observed:
     """Every FineTuneJob an adapter names, by name (None: it does not exist)."""
     deployment: dict | None = None
     pods: list[dict] = field(default_factory=list)
+    secrets: dict[str, dict[str, str] | None] | None = None
+    """The labels of each Secret the spec names (None: missing); None: not read."""
     server_adapters: list[list[dict]] | None = None
     """What each ready builtin server reports at /health (``adapters``: name, uri, status, error), one list per
     pod that answered; None when no server was asked (vllm, or none ready)."""
@@ -69,7 +71,7 @@ def derive_phase(conditions: Conditions) -> str:
     reason = conditions.reason(C.READY)
     if reason in (Reason.INVALID_SPEC, Reason.DEPLOYMENT_FAILED):
         return "Failed"
-    if reason in (Reason.SECRET_NOT_FOUND, None):
+    if reason in (Reason.SECRET_NOT_FOUND, Reason.SECRET_NOT_ALLOWED, None):
         return "Pending"
     return "Deploying"
 
@@ -179,6 +181,12 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     if problem:
         r.conditions.set(C.READY, False, Reason.INVALID_SPEC, problem)
         r.out["message"] = f"Invalid spec: {problem}"
+        return r.finish(plan)
+    secret = tenancy.secret_problem(spec, observed.secrets)
+    if secret:
+        r.conditions.set(C.READY, False, *secret)
+        r.out["message"] = secret[1]
+        plan.retry_after = 15
         return r.finish(plan)
     runtime = effective_runtime(spec)
     child = naming.server_name(r.name)
