@@ -255,6 +255,30 @@ def test_an_unreachable_source_stays_pending_and_the_retry_timer_validates_again
     assert plan.new_phase == "Validating" and plan.status["message"] == "Validating the file again"
 
 
+def test_retries_of_a_source_that_stays_away_wait_longer_each_time_with_jitter():
+    import datetime as dt
+
+    from finetune_operator.reconcile.common import backoff_seconds
+
+    report = contract.DatasetCheckReport(is_check_passed=False, found=False, retryable=True, message="cannot connect [source_unreachable]",
+                                         errors=[contract.CheckError(rule="source_unreachable", message="refused")], error_count=1)  # fmt: skip
+    failed = Observed(job=job("Failed", failed=3), report=report)
+    before = dt.datetime.now(dt.UTC)
+    first = run(status=validating_status(), observed=failed, retry_failed=True)
+    after = dt.datetime.now(dt.UTC)
+    assert first.delete_jobs == ["support-chats-validate-g1"] and first.status["retries"] == 1
+    due = dt.datetime.fromisoformat(first.status["nextRetryAt"].replace("Z", "+00:00"))
+    # 30 s give or take a fifth, from the moment of the decision (written to the second)
+    assert (due - before).total_seconds() >= 23 and (due - after).total_seconds() <= 36
+    # The timer comes by again before that time: nothing is deleted, the status says when.
+    early = run(status={**first.status}, observed=failed, retry_failed=True)
+    assert early.delete_jobs == [] and early.status["retries"] == 1 and f"will retry at {first.status['nextRetryAt']}" in early.status["message"]
+    # Later retries wait longer, up to an hour, and two Datasets do not wait alike.
+    waits = [backoff_seconds(UID, n, 30, 3600) for n in range(1, 10)]
+    assert all(b > a for a, b in zip(waits[:6], waits[1:7])) and max(waits) <= 3600 * 1.2
+    assert backoff_seconds(UID, 3, 30, 3600) != backoff_seconds("another-uid", 3, 30, 3600)
+
+
 def test_a_missing_source_secret_keeps_the_dataset_pending_with_the_reason():
     spec = {**SPEC, "source": {"uri": "s3://ft/uploads/team-a/a.jsonl", "secretRef": {"name": "uploads-creds"}}}
     waiting = pod(waiting=("ContainerCreating", 'MountVolume.SetUp failed: secret "uploads-creds" not found'))

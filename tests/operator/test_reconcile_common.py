@@ -47,3 +47,12 @@ def test_finish_derives_the_phase_clips_the_message_and_announces_a_transition_o
 def test_clip_keeps_short_text_and_marks_a_cut():
     assert clip("short", 10) == "short"
     assert clip("a" * 20, 10) == "a" * 9 + "…"
+
+
+def test_every_status_string_and_list_is_cut_to_what_the_crd_allows():
+    status = {"message": "m" * 10_000, "checkpoints": [{"step": i, "uri": "u" * 3000} for i in range(150)],
+              "outputModel": {"name": "n" * 600, "uri": "s3://b/m"}}  # fmt: skip
+    check_status(FineTuneJobStatus, status)
+    assert len(status["message"]) == 4096 and status["message"].endswith("…")
+    assert len(status["checkpoints"]) == 100 and len(status["checkpoints"][0]["uri"]) == 2048
+    assert len(status["outputModel"]["name"]) == 512

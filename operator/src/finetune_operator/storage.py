@@ -13,6 +13,12 @@ from finetune_trainer import contract
 
 logger = logging.getLogger(__name__)
 
+MAX_JSON_BYTES = 1 << 20
+"""The most the operator reads of one JSON file a pod wrote (progress.json, a report, a summary): a tenant can
+write any size there, and the operator is shared. A larger file counts as unreadable."""
+MAX_EVENTS_BYTES = 8 << 20
+"""The most of events.jsonl read (its newest lines)."""
+
 
 class OperatorStorage:
     def __init__(self, config: OperatorConfig):
@@ -61,8 +67,12 @@ class OperatorStorage:
             logger.warning("reading %s failed: %s", uri, type(e).__name__)
             return None
         try:
-            return json.loads(response.read())
-        except ValueError:
+            body = response.read(MAX_JSON_BYTES + 1)
+            if len(body) > MAX_JSON_BYTES:
+                logger.warning("%s is larger than %d bytes; not read", uri, MAX_JSON_BYTES)
+                return None
+            return json.loads(body)
+        except (ValueError, RecursionError):
             logger.warning("%s is not JSON", uri)
             return None
         finally:
@@ -87,8 +97,12 @@ class OperatorStorage:
 
         bucket, key = contract.parse_s3_uri(contract.join_uri(artifacts_uri, contract.EVENTS_FILE))
         try:
-            response = self.client.get_object(bucket, key)
-            body = response.read().decode(errors="replace")
+            size = self.client.stat_object(bucket, key).size or 0
+            offset = max(0, size - MAX_EVENTS_BYTES)  # the newest lines, at most MAX_EVENTS_BYTES
+            response = self.client.get_object(bucket, key, offset=offset)
+            body = response.read(MAX_EVENTS_BYTES).decode(errors="replace")
+            if offset:
+                body = body.split("\n", 1)[-1]  # the first line was cut
             response.close()
             response.release_conn()
         except (S3Error, Exception):

@@ -7,6 +7,8 @@ hosted services do (Together's check_file), writes normalised train and validati
 
 from __future__ import annotations
 
+import datetime as dt
+
 from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
@@ -173,6 +175,8 @@ class DatasetStatus(ApiModel):
     token_stats: TokenStatsStatus | None = Field(default=None, description="tokenStats: tokens per example (when a tokenizer is named).")
     message_stats: TokenStatsStatus | None = Field(default=None, description="messageStats: messages per example (chat).")
     validation_job_name: str | None = Field(default=None, description="validationJobName of the Job that checked this generation.", max_length=63)
+    retries: int | None = Field(default=None, ge=0, description="retries of this generation's validation after a failure that may heal (an unreachable source).")
+    next_retry_at: dt.datetime | None = Field(default=None, description="nextRetryAt: the earliest time of the next retry (30 s, doubling up to an hour, with jitter).")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,3 +224,15 @@ def ready_message(report: contract.DatasetCheckReport) -> str:
     train = report.train_samples if report.train_samples is not None else total
     validation = report.validation_samples or 0
     return f"Dataset ready: {total:,} examples ({train:,} train / {validation:,} validation)"
+
+
+def report_fields(report: contract.DatasetCheckReport) -> dict[str, Any]:
+    """The status fields a check report fills whether the file passed or not."""
+    return {
+        "format": report.format,
+        "sha256": report.sha256,
+        "numSamples": report.num_samples,
+        "report": check_report_status(report),
+        "tokenStats": stats_status(report.token_stats),
+        "messageStats": stats_status(report.message_stats),
+    }

@@ -13,6 +13,7 @@ A kind's reconcile reads as its phases, one step each::
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +51,14 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def backoff_seconds(key: str, attempt: int, base: float, cap: float) -> float:
+    """Seconds before retry ``attempt`` (1, 2, ...): ``base`` doubling up to ``cap``, times 0.8 to 1.2. The
+    jitter is the same for one object and attempt (``key``, its uid) and differs across objects, so many of
+    them failing together do not retry in step."""
+    jitter = random.Random(f"{key}-{attempt}").uniform(0.8, 1.2)
+    return min(base * 2 ** (attempt - 1), cap) * jitter
+
+
 def format_validation_error(e: ValidationError) -> str:
     """``spec.hyperparameters.epochs: Input should be greater than or equal to 1; ...`` (the first five)."""
     parts = []
@@ -61,16 +70,22 @@ def format_validation_error(e: ValidationError) -> str:
 
 def check_status(model: type[BaseModel], status: dict[str, Any]) -> None:
     """Raise when ``status`` names a field the kind's status model does not have: the API server would drop it
-    without a word (a misspelt status field must fail a test, not vanish)."""
+    without a word (a misspelt status field must fail a test, not vanish). Strings and lists longer than the
+    CRD allows are cut to fit, in place: a status the server refuses (422) would leave the object stuck."""
     _check_fields(model, status, "status")
 
 
 def _check_fields(model: type[BaseModel], data: dict[str, Any], path: str) -> None:
     fields = {(info.alias or name): info for name, info in model.model_fields.items()}
-    for key, value in data.items():
+    for key, value in list(data.items()):
         info = fields.get(key)
         if info is None:
             raise ValueError(f"{path}.{key} is not a field of {model.__name__}")
+        limit = next((m.max_length for m in info.metadata if getattr(m, "max_length", None) is not None), None)
+        if limit is not None and isinstance(value, str) and len(value) > limit:
+            data[key] = clip(value, limit)
+        elif limit is not None and isinstance(value, list) and len(value) > limit:
+            data[key] = value = value[:limit]
         inner = _model_of(info.annotation)
         if inner is not None and isinstance(value, dict):
             _check_fields(inner, value, f"{path}.{key}")
@@ -150,8 +165,6 @@ class Reconciliation:
         out = self.out
         out["phase"] = phase
         out["conditions"] = self.conditions.as_list()
-        if "message" in out and isinstance(out["message"], str):
-            out["message"] = clip(out["message"], STATUS_MESSAGE_LIMIT)
         if phase in self.final_phases and not self.old.get("completionTime"):
             out["completionTime"] = rfc3339(now())
         plan.status = out
@@ -159,6 +172,8 @@ class Reconciliation:
         plan.new_phase = phase
         if self.status_model is not None:
             check_status(self.status_model, out)
+        elif isinstance(out.get("message"), str):
+            out["message"] = clip(out["message"], STATUS_MESSAGE_LIMIT)
         if phase != self.old_phase or announce:
             event = event or self.transition_event(phase, out.get("message") or "", out, self.old)
             if self.transition_first:

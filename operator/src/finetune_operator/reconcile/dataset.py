@@ -21,38 +21,28 @@ the new file passes the status shows none of the previous generation's results.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import naming, tenancy
-from finetune_operator.api.dataset import DatasetSpec, DatasetStatus, Reason, check_report_status, first_errors, ready_message, stats_status
+from finetune_operator.api.dataset import DatasetSpec, DatasetStatus, Reason, first_errors, ready_message, report_fields
 from finetune_operator.api.dataset import ConditionType as C
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.validation_job import build_validation_children
-from finetune_operator.reconcile.common import Event, Plan, Reconciliation, clip
-from finetune_operator.reconcile.jobs import job_condition, last_exit_code, missing_secret, owned_by, termination_message
-from finetune_operator.reconcile.conditions import Conditions, now
+from finetune_operator.reconcile.common import Event, Plan, Reconciliation, backoff_seconds, clip
+from finetune_operator.reconcile.jobs import job_condition, last_exit_code, missing_config_map, missing_secret, owned_by, slow_start, termination_message
+from finetune_operator.reconcile.conditions import Conditions, now, rfc3339
 from finetune_trainer import contract
 
-RESULT_FIELDS = (
-    "format",
-    "sha256",
-    "numSamples",
-    "trainSamples",
-    "validationSamples",
-    "trainUri",
-    "validationUri",
-    "report",
-    "tokenStats",
-    "messageStats",
-)
+RESULT_FIELDS = ("format", "sha256", "numSamples", "trainSamples", "validationSamples", "trainUri", "validationUri", "report",
+                 "tokenStats", "messageStats")
 """Status fields that describe a validation's result; none of them survives into a new generation."""
 READY_ONLY_FIELDS = ("trainUri", "validationUri", "trainSamples", "validationSamples")
 """Shown only when Ready: an Invalid file has no normalised files."""
 SLOW_START_SECONDS = 120
 """A validation pod still creating its container after this long gets a hint in status."""
 RETRY_SECONDS = 30
+MAX_RETRY_SECONDS = 3600
 
 
 @dataclass
@@ -81,10 +71,6 @@ class DatasetPlan(Plan):
     unfinished one of an older generation, whose verdict nobody will read."""
 
 
-# ----------------------------------------------------------------------------------------------
-# Phases and what the Job and its pods say
-
-
 def derive_phase(conditions: Conditions) -> str:
     if conditions.is_true(C.READY):
         return "Ready"
@@ -102,45 +88,18 @@ def pod_waiting_problem(pods: list[dict], spec: DatasetSpec, config: OperatorCon
     secret = missing_secret(pods)
     if secret:
         return Reason.SECRET_NOT_FOUND, f"Secret {secret} does not exist in this namespace ({_secret_role(secret, spec, config)})"
-    for pod in pods:
-        for cs in pod.get("status", {}).get("containerStatuses", []) or []:
-            message = ((cs.get("state") or {}).get("waiting") or {}).get("message") or ""
-            configmap = re.search(r'configmap "([^"]+)" (not found|has no key "([^"]+)")', message, re.IGNORECASE)
-            if configmap and configmap.group(3):
-                return Reason.SOURCE_UNAVAILABLE, f"ConfigMap {configmap.group(1)} has no key {configmap.group(3)} (spec.source.configMapRef)"
-            if configmap:
-                return Reason.SOURCE_UNAVAILABLE, f"ConfigMap {configmap.group(1)} does not exist in this namespace (spec.source.configMapRef)"
-            if "non-existent config key" in message:
-                return Reason.SOURCE_UNAVAILABLE, f"the source ConfigMap has no such key: {message}"
-    return None
+    configmap = missing_config_map(pods)
+    return (Reason.SOURCE_UNAVAILABLE, f"{configmap} (spec.source.configMapRef)") if configmap else None
 
 
 def slow_start_hint(pods: list[dict], spec: DatasetSpec, config: OperatorConfig, now_: dt.datetime | None = None) -> str | None:
-    """A hint for a pod stuck creating its container without saying why. A kubelet reports a missing
-    Secret or ConfigMap volume only in the pod's Events (FailedMount), which this operator does not read;
-    the image may also still be pulling."""
-    current = now_ or now()
-    for pod in pods:
-        created = pod.get("metadata", {}).get("creationTimestamp")
-        if not created:
-            continue
-        age = (current - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
-        waiting = [
-            ((cs.get("state") or {}).get("waiting") or {}).get("reason")
-            for cs in pod.get("status", {}).get("containerStatuses", []) or []
-        ]
-        if age >= SLOW_START_SECONDS and "ContainerCreating" in waiting:
-            mounted = [f"Secret {config.storage_secret}"]
-            if spec.source.secret_ref is not None and spec.source.uri:
-                mounted.append(f"Secret {spec.source.secret_ref.name}")
-            if spec.source.config_map_ref is not None:
-                mounted.append(f"ConfigMap {spec.source.config_map_ref.name}")
-            return (
-                f"the validation pod {pod['metadata'].get('name', '')} has been creating its container for {int(age)} s: "
-                f"the image may still be pulling, or a volume cannot be mounted (check that {', '.join(mounted)} exist; "
-                "kubectl describe pod shows FailedMount events)"
-            )
-    return None
+    """A hint for a validation pod stuck creating its container (see ``jobs.slow_start``)."""
+    mounted = [f"Secret {config.storage_secret}"]
+    if spec.source.secret_ref is not None and spec.source.uri:
+        mounted.append(f"Secret {spec.source.secret_ref.name}")
+    if spec.source.config_map_ref is not None:
+        mounted.append(f"ConfigMap {spec.source.config_map_ref.name}")
+    return slow_start("validation pod", pods, mounted, SLOW_START_SECONDS, now_ or now())
 
 
 def _secret_role(secret: str, spec: DatasetSpec, config: OperatorConfig) -> str:
@@ -149,10 +108,6 @@ def _secret_role(secret: str, spec: DatasetSpec, config: OperatorConfig) -> str:
     if secret == config.storage_secret:
         return "the object store credentials every validation and training pod mounts"
     return "mounted by the validation pod"
-
-
-# ----------------------------------------------------------------------------------------------
-# The decision
 
 
 def reconcile(obj: dict, observed: Observed, config: OperatorConfig, retry_failed: bool = False) -> DatasetPlan:
@@ -286,19 +241,9 @@ class _Step:
 
     def ready(self, report: contract.DatasetCheckReport) -> DatasetPlan:
         message = ready_message(report)
-        self.r.out.update(
-            message=message,
-            format=report.format,
-            sha256=report.sha256,
-            numSamples=report.num_samples,
-            trainSamples=report.train_samples if report.train_samples is not None else report.num_samples,
-            validationSamples=report.validation_samples or 0,
-            trainUri=report.train_uri,
-            validationUri=report.validation_uri,
-            report=check_report_status(report),
-            tokenStats=stats_status(report.token_stats),
-            messageStats=stats_status(report.message_stats),
-        )
+        self.r.out.update(report_fields(report), message=message, trainUri=report.train_uri, validationUri=report.validation_uri,
+                          trainSamples=report.train_samples if report.train_samples is not None else report.num_samples,
+                          validationSamples=report.validation_samples or 0)  # fmt: skip
         self.r.conditions.set(C.VALIDATED, True, Reason.CHECK_PASSED, report.message)
         self.r.conditions.set(C.READY, True, Reason.READY, message)
         return self.finish(Event("Normal", "Ready", message))
@@ -309,27 +254,25 @@ class _Step:
         reason = {"not_found": Reason.SOURCE_NOT_FOUND, "access_denied": Reason.ACCESS_DENIED}.get(rule, Reason.CHECK_FAILED)
         if not report.found and reason == Reason.CHECK_FAILED:
             reason = Reason.SOURCE_NOT_FOUND
-        self.r.out.update(
-            message=clip(summary, 4096),
-            format=report.format,
-            sha256=report.sha256,
-            numSamples=report.num_samples,
-            report=check_report_status(report),
-            tokenStats=stats_status(report.token_stats),
-            messageStats=stats_status(report.message_stats),
-        )
+        self.r.out.update(report_fields(report), message=clip(summary, 4096))
         self.r.conditions.set(C.VALIDATED, False, reason, summary)
         self.r.conditions.set(C.READY, False, Reason.INVALID, summary)
         return self.finish(Event("Warning", "Invalid", clip(f"Dataset invalid: {summary}", 1024)))
 
     def retry(self, reason: str, message: str) -> DatasetPlan:
-        """Pending with the reason; the slow retry timer deletes the finished Job, and the reconcile that
-        follows creates it again under the same name."""
-        if self.retry_failed:
+        """Pending with the reason; once its time has come the slow retry timer deletes the finished Job, and the
+        reconcile that follows creates it again under the same name. The waits double from 30 s up to an hour,
+        with jitter, so a source that stays away costs little and many Datasets do not retry in step."""
+        retries = int(self.r.old.get("retries") or 0) if not self.announce else 0
+        due = self.r.old.get("nextRetryAt")
+        if self.retry_failed and (not due or due <= rfc3339(now())):
             self.plan.delete_jobs.append(self.child)
-            message = f"{message}; validating again"
+            self.r.out["retries"] = retries + 1
+            self.r.out["nextRetryAt"] = rfc3339(now() + dt.timedelta(seconds=backoff_seconds(self.r.uid, retries + 1, RETRY_SECONDS, MAX_RETRY_SECONDS)))
+            message = f"{message}; validating again (retry {retries + 1})"
         else:
-            message = f"{message}; will retry"
+            self.r.keep("retries", "nextRetryAt")
+            message = f"{message}; will retry" + (f" at {due}" if due else "")
         self.r.conditions.set(C.VALIDATED, "Unknown", reason, message)
         self.r.conditions.set(C.READY, False, reason, message)
         self.r.out["message"] = clip(message, 4096)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 
 from finetune_trainer import contract
@@ -70,6 +71,21 @@ def missing_secret(pods: list[dict]) -> str | None:
             found = re.search(r'secrets? "([^"]+)" not found', message, re.IGNORECASE)
             if found:
                 return found.group(1)
+    return None
+
+
+def missing_config_map(pods: list[dict]) -> str | None:
+    """What a pod's container says of a ConfigMap (or key) it waits for, in a sentence; None when none."""
+    for pod in pods:
+        for cs in (pod.get("status") or {}).get("containerStatuses", []) or []:
+            message = ((cs.get("state") or {}).get("waiting") or {}).get("message") or ""
+            found = re.search(r'configmap "([^"]+)" (not found|has no key "([^"]+)")', message, re.IGNORECASE)
+            if found and found.group(3):
+                return f"ConfigMap {found.group(1)} has no key {found.group(3)}"
+            if found:
+                return f"ConfigMap {found.group(1)} does not exist in this namespace"
+            if "non-existent config key" in message:
+                return f"the ConfigMap has no such key: {message}"
     return None
 
 
@@ -143,3 +159,22 @@ def job_failure(condition: dict, progress: contract.Progress | None, pods: list[
     if condition.get("reason") == BACKOFF_LIMIT_EXCEEDED:
         return BACKOFF_LIMIT_EXCEEDED, f"the {who} failed on every retry"
     return condition.get("reason") or fallback, condition.get("message") or f"the {who} failed"
+
+
+def slow_start(what: str, pods: list[dict], mounted: list[str], after_seconds: float, now_: dt.datetime) -> str | None:
+    """A hint for a pod stuck creating its container without saying why: a kubelet reports a missing Secret or
+    ConfigMap volume only in the pod's Events (FailedMount), which the operator does not read, and the image
+    may also still be pulling. ``mounted`` names what the pod mounts."""
+    for pod in pods:
+        created = pod.get("metadata", {}).get("creationTimestamp")
+        if not created:
+            continue
+        age = (now_ - dt.datetime.fromisoformat(created.replace("Z", "+00:00"))).total_seconds()
+        waiting = [((cs.get("state") or {}).get("waiting") or {}).get("reason") for cs in pod.get("status", {}).get("containerStatuses", []) or []]
+        if age >= after_seconds and "ContainerCreating" in waiting:
+            return (
+                f"the {what} {pod['metadata'].get('name', '')} has been creating its container for {int(age)} s: "
+                f"the image may still be pulling, or a volume cannot be mounted (check that {', '.join(mounted)} exist; "
+                "kubectl describe pod shows FailedMount events)"
+            )
+    return None
