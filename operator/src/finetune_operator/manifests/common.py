@@ -79,12 +79,18 @@ def storage_volume(config: OperatorConfig, secret_name: str | None = None) -> tu
     return volume, mount
 
 
-def scratch_volumes() -> tuple[list[dict], list[dict]]:
-    """Writable places on a read-only root filesystem: /tmp, a cache, and /dev/shm for torch."""
+TMP_SIZE = "4Gi"
+SHM_SIZE = "8Gi"
+
+
+def scratch_volumes(config: OperatorConfig | None = None) -> tuple[list[dict], list[dict]]:
+    """Writable places on a read-only root filesystem: /tmp, a cache (models downloaded from a hub), and /dev/shm
+    for torch; each with a size limit, so a pod cannot fill its node's disk or memory (the kubelet evicts it)."""
+    cache = config.ephemeral_storage if config is not None else OperatorConfig().ephemeral_storage
     volumes = [
-        {"name": "tmp", "emptyDir": {}},
-        {"name": "cache", "emptyDir": {}},
-        {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
+        {"name": "cache", "emptyDir": {"sizeLimit": cache}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
     ]
     mounts = [
         {"name": "tmp", "mountPath": "/tmp"},
@@ -120,7 +126,7 @@ def gpu_placement(config: OperatorConfig, gpu_type: str | None, gpus: int) -> di
 
 def resources(config: OperatorConfig, gpus: int, cpu: str | None, memory: str | None) -> dict[str, Any]:
     amounts: dict[str, Any] = {"cpu": cpu or config.default_cpu, "memory": memory or config.default_memory}
-    limits = dict(amounts)
+    limits = {**amounts, "ephemeral-storage": config.ephemeral_storage}
     if gpus > 0:
         limits[config.gpu_resource] = str(gpus)
     return {"requests": amounts, "limits": limits}

@@ -156,7 +156,7 @@ def build_evaluation_job(
     owner_ref: dict, child: str, namespace: str, spec: EvaluationSpec, inputs: Inputs, config: OperatorConfig, labels: dict[str, str], secrets: SecretFiles
 ) -> dict:
     storage_vol, storage_mount = common.storage_volume(config)
-    scratch_vols, scratch_mounts = common.scratch_volumes()
+    scratch_vols, scratch_mounts = common.scratch_volumes(config)
     volumes = [{"name": "config", "configMap": {"name": child}}, storage_vol, *scratch_vols, *secrets.volumes]
     mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, storage_mount, *scratch_mounts, *secrets.mounts]
     env = common.base_env() + [{"name": "FINETUNE_PVC_ROOT", "value": config.pvc_mount_root}]
@@ -186,6 +186,7 @@ def build_evaluation_job(
         "metadata": {"name": child, "namespace": namespace, "labels": labels, "ownerReferences": [owner_ref]},
         "spec": {
             "backoffLimit": config.backoff_limit,
+            "activeDeadlineSeconds": config.evaluation_deadline_seconds,
             "podFailurePolicy": {
                 "rules": [
                     # A bad config or dataset (an unknown grader, a regex that does not compile): another

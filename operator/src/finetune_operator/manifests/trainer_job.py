@@ -200,7 +200,7 @@ def build_trainer_job(
         labels[QUEUE_LABEL] = queue
     command, extra_env = _command(spec, child)
     storage_vol, storage_mount = common.storage_volume(config)
-    scratch_vols, scratch_mounts = common.scratch_volumes()
+    scratch_vols, scratch_mounts = common.scratch_volumes(config)
     volumes = [{"name": "config", "configMap": {"name": child}}, storage_vol, *scratch_vols]
     mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, storage_mount, *scratch_mounts]
     if spec.base_model.secret_ref is not None:

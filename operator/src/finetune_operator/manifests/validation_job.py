@@ -20,7 +20,7 @@ SOURCE_FILE_MOUNT = "/var/run/finetune/source"
 GENERATION_LABEL = "finetune.dev/generation"
 BACKOFF_LIMIT = 2
 """Pod retries for what may heal (a connection lost mid-read); bad input fails the Job at once."""
-RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
+RESOURCES = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "4Gi", "ephemeral-storage": "8Gi"}}
 """The validator streams the file (constant memory); a tokenizer for token statistics needs the most."""
 
 
@@ -80,7 +80,7 @@ def build_validation_children(owner: dict, spec: DatasetSpec, config: OperatorCo
 
 def _volumes(child: str, spec: DatasetSpec, config: OperatorConfig) -> tuple[list[dict], list[dict]]:
     storage_vol, storage_mount = common.storage_volume(config)
-    scratch_vols, scratch_mounts = common.scratch_volumes()
+    scratch_vols, scratch_mounts = common.scratch_volumes(config)
     volumes = [{"name": "config", "configMap": {"name": child}}, storage_vol, *scratch_vols]
     mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, storage_mount, *scratch_mounts]
     source = spec.source
@@ -120,6 +120,7 @@ def build_validation_job(owner_ref: dict, child: str, namespace: str, spec: Data
         "metadata": {"name": child, "namespace": namespace, "labels": labels, "ownerReferences": [owner_ref]},
         "spec": {
             "backoffLimit": BACKOFF_LIMIT,
+            "activeDeadlineSeconds": config.validation_deadline_seconds,
             "podFailurePolicy": {
                 "rules": [
                     # The file (or the config) is bad: another try reads the same bytes.
