@@ -82,10 +82,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def chart_operator_rbac() -> list[dict[str, Any]]:
-    """The ServiceAccount and RBAC objects the Helm chart installs for the operator (default values)."""
+    """The ServiceAccount, RBAC objects and admission policy the Helm chart installs for the operator (default values)."""
     from tests.chart.conftest import render_chart
 
-    kinds = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    kinds = ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ValidatingAdmissionPolicy",
+             "ValidatingAdmissionPolicyBinding")  # fmt: skip
     rendered = render_chart()
     objects = [obj for obj in rendered.objects if obj["kind"] in kinds]
     # the aggregated view/edit roles are for people, not the operator; they are installed too, as the chart does

@@ -27,6 +27,8 @@ EXTRA_KINDS = [
     ("rbac.authorization.k8s.io", "roles", "Role", True),
     ("rbac.authorization.k8s.io", "rolebindings", "RoleBinding", True),
     ("apps", "statefulsets", "StatefulSet", True),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicies", "ValidatingAdmissionPolicy", False),
+    ("admissionregistration.k8s.io", "validatingadmissionpolicybindings", "ValidatingAdmissionPolicyBinding", False),
 ]
 
 TRIAL_VALUES: dict[str, Any] = {

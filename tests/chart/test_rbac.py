@@ -115,3 +115,18 @@ def test_users_get_the_four_kinds_through_view_edit_and_admin(default_render: Re
 def test_aggregated_roles_can_be_turned_off() -> None:
     rendered = render_chart({"rbac": {"aggregateToDefaultRoles": False}})
     assert rendered.names("ClusterRole") == {FULLNAME}
+
+
+def test_a_list_of_namespaces_gets_a_role_in_each_and_nothing_namespaced_cluster_wide() -> None:
+    """One operator for several teams' namespaces, and no power anywhere else (kube-system included)."""
+    from finetune_operator.config import OperatorConfig
+
+    rendered = render_chart({"watchNamespaces": ["team-a", "team-b"], "peering": {"enabled": True}})
+    roles = {r["metadata"]["namespace"] for r in rendered.of_kind("Role") if r["metadata"]["name"] == FULLNAME}
+    bindings = {r["metadata"]["namespace"] for r in rendered.of_kind("RoleBinding") if r["metadata"]["name"] == FULLNAME}
+    assert roles == bindings == {"team-a", "team-b"}
+    cluster_resources = {t[1] for t in expand_rules(rendered.one("ClusterRole", FULLNAME)["rules"])}
+    assert cluster_resources <= CLUSTER_SCOPED_RESOURCES
+    config = next(c for c in rendered.of_kind("ConfigMap") if c["metadata"]["name"].endswith("-config"))["data"]
+    assert OperatorConfig.from_env(config).namespaces == ["team-a", "team-b"]
+    assert {p["metadata"]["namespace"] for p in rendered.of_kind("KopfPeering")} == {"team-a", "team-b"}

@@ -154,3 +154,11 @@ tenancy.sharedPrefixes as full s3:// URIs, comma separated: a plain folder is a 
 {{- end }}
 {{- join "," $out }}
 {{- end }}
+
+{{/*
+The namespaces the operator watches, comma separated ("" for all): watchNamespace and watchNamespaces joined.
+*/}}
+{{- define "finetune-operator.watchNamespaces" -}}
+{{- $all := concat (list .Values.watchNamespace) (.Values.watchNamespaces | default list) | compact | uniq }}
+{{- join "," $all }}
+{{- end }}

@@ -45,7 +45,7 @@ cluster:
   - apiGroups: [""]
     resources: ["namespaces"]
     verbs: ["get", "list", "watch"]
-  {{- if and .Values.peering.enabled (not .Values.watchNamespace) }}
+  {{- if and .Values.peering.enabled (not (include "finetune-operator.watchNamespaces" .)) }}
   - apiGroups: ["kopf.dev"]
     resources: ["clusterkopfpeerings"]
     verbs: ["get", "list", "watch", "patch"]

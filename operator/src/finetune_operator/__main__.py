@@ -32,8 +32,8 @@ def main() -> int:
         peering_name=config.peering or None,
         # Replicas with equal priorities all pause; distinct ones elect the highest as the active one.
         priority=secrets.randbelow(1_000_000) + 1 if config.peering else None,
-        clusterwide=not config.namespace,
-        namespaces=[config.namespace] if config.namespace else (),
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
         liveness_endpoint=f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None,
     )
     return 0

@@ -25,7 +25,7 @@ class GpuType(BaseModel):
 class OperatorConfig(BaseModel):
     """Each field is read from ``FINETUNE_<FIELD_NAME_IN_CAPITALS>``; the README lists them all."""
 
-    namespace: str = Field(default="", description="watch only this namespace; empty watches all")
+    namespace: str = Field(default="", description="watch only this namespace, or these (comma separated); empty watches all")
     trainer_image: str = Field(default="ghcr.io/finetune-dev/finetune-trainer:0.1.0", description="image of validate, train and evaluate Jobs")
     server_image: str = Field(default="", description="image of the builtin runtime; empty: the trainer image")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="image of the vllm runtime")
@@ -83,6 +83,11 @@ class OperatorConfig(BaseModel):
         if isinstance(value, str):
             return json.loads(value) if value.strip() else {}
         return value
+
+    @property
+    def namespaces(self) -> list[str]:
+        """The namespaces watched; empty: all."""
+        return [n.strip() for n in self.namespace.split(",") if n.strip()]
 
     @property
     def effective_server_image(self) -> str:
