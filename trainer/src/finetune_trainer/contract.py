@@ -456,19 +456,39 @@ class ServeConfig(_Model):
     storage: StorageConfig | None = None
 
 
+VLLM_LORA_RANKS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for ``--max-lora-rank`` (it refuses to start with any other)."""
+
+
 class FetchItem(_Model):
     uri: str = Field(description="s3:// folder with a manifest.json (a model or an adapter)")
     dest: str = Field(description="local folder to download it into")
+    kind: Literal["model", "adapter"] = "model"
+    """What the folder holds: the base model (its config.json is checked against ``ServingLimits``) or a
+    LoRA adapter (its rank is checked against ``maxLoraRank``)."""
+
+
+class ServingLimits(_Model):
+    """What vLLM refuses at start, checked by the fetch before it starts: the same rules, said sooner."""
+
+    max_model_len: int = Field(ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1)
 
 
 class FetchConfig(_Model):
     """``finetune-trainer fetch --config``: download complete artifacts (manifest checked) into local folders.
 
-    The vllm runtime's init container uses it to put the base model and the adapters on an emptyDir.
+    The vllm runtime's init container uses it to put the base model and the adapters on an emptyDir and
+    to check them against the endpoint's ``limits`` before vLLM starts. ``base_model`` names a base model
+    that is not fetched (``hf://...`` or a mounted ``pvc://`` folder): only its config.json is read.
     """
 
     contract_version: str = CONTRACT_VERSION
     items: list[FetchItem] = Field(default_factory=list)
+    base_model: str | None = None
+    base_model_token_file: str | None = None
+    limits: ServingLimits | None = None
     storage: StorageConfig | None = None
 
 

@@ -8,7 +8,8 @@ Two runtimes:
   server re-reads it and hot-loads or unloads adapters. The adapters are in the ConfigMap only: adding
   one changes the ConfigMap, never the pod template, so no pod restarts.
 * ``vllm``: the vLLM OpenAI server. An init container (trainer image, ``finetune-trainer fetch``) puts
-  the base model and the adapters from the object store on emptyDirs; the adapters are named on the
+  the base model and the adapters from the object store on emptyDirs and checks the spec against what
+  vLLM accepts for this model (context length, attention heads, adapter ranks); the adapters are named on the
   command line, and the pod template carries a hash of the adapter list, so a change rolls the
   Deployment (old pods serve until new ones are Ready). ``finetune_vllm_auth`` (from the ConfigMap,
   loaded with ``--middleware``) puts every route except ``/health`` and ``/metrics`` behind the API key.
@@ -137,12 +138,48 @@ def serve_config(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAd
 
 
 def fetch_config(spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig) -> contract.FetchConfig:
-    """What the vllm runtime's init container downloads: an s3:// base model and every adapter."""
+    """What the vllm runtime's init container does before vLLM starts: download an s3:// base model and every
+    adapter, then check the base model's config.json and the adapters' ranks against what vLLM accepts with
+    this spec (``maxModelLen``, the GPUs as tensor parallel size, ``maxLoraRank``). A base model that is not
+    downloaded has only its config.json read: from the mounted claim (pvc://) or the Hub (hf://)."""
+    base = spec.base_model.uri
     items = []
-    if spec.base_model.uri.startswith("s3://"):
-        items.append(contract.FetchItem(uri=spec.base_model.uri, dest=VLLM_BASE_DIR))
-    items += [contract.FetchItem(uri=a.uri, dest=adapter_dir(a.name)) for a in adapters]
-    return contract.FetchConfig(items=items, storage=_storage(config))
+    base_model = None
+    if base.startswith("s3://"):
+        items.append(contract.FetchItem(uri=base, dest=VLLM_BASE_DIR, kind="model"))
+    elif base.startswith("pvc://"):
+        base_model = pvc_path(base, config)[1]
+    else:
+        base_model = base
+    items += [contract.FetchItem(uri=a.uri, dest=adapter_dir(a.name), kind="adapter") for a in adapters]
+    token_file = None
+    if spec.base_model.secret_ref is not None and base.startswith("hf://"):
+        token_file = f"{TOKEN_MOUNT}/{spec.base_model.secret_ref.key or 'token'}"
+    limits = contract.ServingLimits(
+        max_model_len=spec.max_model_len, tensor_parallel_size=max(1, spec.resources.gpus), max_lora_rank=spec.max_lora_rank
+    )
+    return contract.FetchConfig(
+        items=items, base_model=base_model, base_model_token_file=token_file, limits=limits, storage=_storage(config)
+    )
+
+
+def vllm_env() -> list[dict[str, Any]]:
+    """What vLLM needs to start as an arbitrary UID on a read-only root filesystem.
+
+    The pod's UID has no passwd entry in the vLLM image, so ``getpass.getuser()`` (torch inductor's cache
+    directory, called while vLLM compiles the model) raises ``KeyError`` unless ``USER``/``LOGNAME`` say who
+    it is; the caches go to the writable cache emptyDir.
+    """
+    cache = "/var/cache/finetune"
+    return [
+        {"name": "USER", "value": "finetune"},
+        {"name": "LOGNAME", "value": "finetune"},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{cache}/vllm"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{cache}/triton"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    ]
 
 
 def vllm_args(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig) -> list[str]:
@@ -269,7 +306,7 @@ def build_deployment(
     else:
         volumes += [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}}]
         data_mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "adapters", "mountPath": ADAPTERS_MOUNT}]
-        env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+        env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, *vllm_env()]
         if spec.api_key_secret_ref is not None:
             env.append({"name": vllm_auth.API_KEY_FILE_ENV, "value": api_key_file(spec)})
         # The auth module sits in the ConfigMap next to fetch.json; PYTHONPATH points at it.
@@ -277,23 +314,28 @@ def build_deployment(
             {"key": FETCH_CONFIG_FILE, "path": FETCH_CONFIG_FILE},
             {"key": f"{AUTH_MODULE}.py", "path": f"python/{AUTH_MODULE}.py"},
         ]
+        # The fetch always runs: it downloads what the object store holds and checks the spec against the
+        # model (context length, attention heads, adapter ranks) before vLLM would refuse it.
         fetch = fetch_config(spec, adapters, config)
+        fetch_mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *scratch_mounts, *data_mounts]
         if fetch.items:
             volumes.append(storage_vol)
-            init_containers.append(
-                {
-                    "name": FETCH_CONTAINER,
-                    "image": config.trainer_image,
-                    "imagePullPolicy": config.image_pull_policy,
-                    "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
-                    "env": common.base_env(),
-                    "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
-                    "securityContext": common.container_security_context(),
-                    "volumeMounts": [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, storage_mount, *scratch_mounts, *data_mounts],
-                    "terminationMessagePath": common.TERMINATION_LOG,
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                }
-            )
+            fetch_mounts.append(storage_mount)
+        fetch_mounts += [m for m in mounts if m["name"] in ("base-model-token", "base-model-pvc")]
+        init_containers.append(
+            {
+                "name": FETCH_CONTAINER,
+                "image": config.trainer_image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
+                "env": common.base_env(),
+                "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
+                "securityContext": common.container_security_context(),
+                "volumeMounts": fetch_mounts,
+                "terminationMessagePath": common.TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        )
         mounts += data_mounts
         annotations[ADAPTERS_HASH_ANNOTATION] = adapters_hash(adapters)
         container = {
