@@ -64,12 +64,36 @@ def plan_device(config: TrainerConfig, local_rank: int) -> DevicePlan:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = ("bf16" if native_bf16() else "fp16") if use_cuda else "fp32"
     if precision == "fp16" and not use_cuda:
         raise bad_input("ImpossibleConfig", "precision fp16 needs a GPU; use fp32 or bf16 on CPU")
-    if precision == "bf16" and use_cuda and not torch.cuda.is_bf16_supported():
-        raise bad_input("ImpossibleConfig", "precision bf16 is not supported by this GPU; use fp16 or auto")
+    if precision == "bf16" and use_cuda and not native_bf16():
+        raise bad_input("ImpossibleConfig", "precision bf16 is not supported by this GPU (compute capability below 8.0); use fp16 or auto")
     return DevicePlan(device, precision)
+
+
+def native_bf16() -> bool:
+    """bf16 in the GPU's hardware (compute capability 8.0 and up: A100, L4, H100...).
+
+    ``torch.cuda.is_bf16_supported()`` alone also counts bf16 emulated in software, as on a V100 or a T4,
+    where it is many times slower than fp16: ``precision: auto`` picks fp16 (with loss scaling) there.
+    """
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def grad_scaler(precision: str, sharded: bool, device: torch.device) -> Any:
+    """The loss scaler fp16 training needs (None otherwise).
+
+    Sharded parameters (FSDP) need ``ShardedGradScaler``: each process sees only its shard's gradients, so
+    whether any gradient overflowed must be agreed on by all processes, or some would step and others skip.
+    """
+    if precision != "fp16":
+        return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,18 +212,15 @@ def load_causal_lm(folder: Path, config: TrainerConfig, plan: DevicePlan) -> nn.
 
 
 def attention_implementation(plan: DevicePlan) -> str:
-    """Attention that keeps packed examples apart at the cost of their own lengths only.
+    """Attention that keeps packed examples apart.
 
-    GPU: ``flash_attention_2`` (varlen, from the position ids) when the flash-attn package is there, else
-    ``sdpa`` with transformers' block-diagonal mask. CPU: ``packed_sdpa`` (see ``train/attention.py``).
+    GPU: ``sdpa``, with the block-diagonal causal mask transformers builds from the packed position ids
+    (correct at any batch size and in any precision). Not ``flash_attention_2``: transformers derives its
+    varlen boundaries from position ids only for a single row, so at batch size > 1 attention would cross
+    packed examples, and flash-attn refuses fp32. CPU: ``packed_sdpa`` (see ``train/attention.py``).
     """
     if plan.device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            return "sdpa"
+        return "sdpa"
     from finetune_trainer.train.attention import PACKED_SDPA
 
     return PACKED_SDPA

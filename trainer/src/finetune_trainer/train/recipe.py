@@ -478,6 +478,8 @@ class FineTuneRecipe:
         import torch
         from transformers import get_scheduler
 
+        from finetune_trainer.train.methods import grad_scaler
+
         hp = self.hp
         params = [p for p in self.module.parameters() if p.requires_grad]
         lr = hp.effective_learning_rate(self.config.method)
@@ -486,7 +488,7 @@ class FineTuneRecipe:
         warmup = math.ceil(self.total_steps * hp.warmup_ratio)
         name = {"constant": "constant_with_warmup"}.get(hp.lr_scheduler, hp.lr_scheduler)
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
+        self.scaler = grad_scaler(self.plan.precision, self.fsdp, self.device)
         self.step = 0
         self.start_epoch = 0
         self.start_group = 0
