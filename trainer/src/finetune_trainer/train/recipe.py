@@ -80,8 +80,13 @@ def run_command(argv: list[str]) -> int:
     from finetune_trainer.train import distributed
 
     if not distributed.is_worker():
-        nproc = config.num_gpus if config.num_gpus > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
-        if nproc > 1:
+        try:
+            workers = distributed.worker_environments(os.environ, config.num_gpus)
+        except ValueError as e:
+            log.error("%s", e)
+            write_termination_message("InvalidConfig", str(e))
+            return int(ExitCode.BAD_INPUT)
+        if len(workers) > 1:
             from finetune_trainer.train.errors import TrainerFailure
             from finetune_trainer.train.methods import plan_device
 
@@ -91,7 +96,10 @@ def run_command(argv: list[str]) -> int:
                 log.error("%s", f.message)
                 FineTuneRecipe.report_early_failure(config, f.reason, f.message, int(f.exit_code))
                 return int(f.exit_code)
-            return distributed.launch_workers(argv, nproc)
+            return distributed.launch_workers(argv, workers)
+        if workers:  # this node's one process of a job on several nodes: it is that worker itself
+            os.environ.update(workers[0])
+            _setup_logging()
     return FineTuneRecipe(config).run()
 
 
@@ -121,6 +129,7 @@ def _setup_logging() -> None:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
         stream=sys.stderr,
+        force=True,  # again once this process knows its rank
     )
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -168,6 +177,8 @@ class FineTuneRecipe:
         self.work_dir, self.own_work_dir = self._work_dir()
         self.last_checkpoint_step: int | None = None
         self.succeeded = False
+        self.uploaded_model: Any = None
+        """The output model's manifest when an earlier attempt of this job already uploaded it."""
 
     # -- failures ---------------------------------------------------------------------------------
     @staticmethod
@@ -191,8 +202,11 @@ class FineTuneRecipe:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
         try:
             self.setup()
-            self.train()
-            self.upload()
+            if self.uploaded_model is not None:
+                self.finish_uploaded()
+            else:
+                self.train()
+                self.upload()
             self.succeeded = True
             return int(ExitCode.OK)
         except Preempted:
@@ -211,8 +225,18 @@ class FineTuneRecipe:
             )
         except StorageError as e:
             return self._fail("StorageError", str(e), ExitCode.RETRYABLE)
-        except Exception as e:  # a bug: keep the traceback
-            log.exception("training failed")
+        except Exception as e:
+            from finetune_trainer.train import distributed as dist_
+
+            if self.env.distributed and dist_.is_collective_failure(e):
+                where = f"checkpoint step {self.last_checkpoint_step}" if self.last_checkpoint_step else "the start"
+                return self._fail(
+                    "CollectiveTimeout",
+                    f"another process of this job stopped answering ({type(e).__name__}: {str(e)[:200]}); "
+                    f"a lost or replaced pod cannot rejoin a running job, so every pod restarts and resumes from {where}",
+                    ExitCode.RETRYABLE,
+                )
+            log.exception("training failed")  # a bug: keep the traceback
             return self._fail("InternalError", f"{type(e).__name__}: {e}", ExitCode.RETRYABLE)
         finally:
             for s, handler in previous.items():
@@ -287,6 +311,11 @@ class FineTuneRecipe:
             self.reporter.resume_from(self.store.read_json(join_uri(config.output_uri, "progress.json")))
             self.reporter.update(reason=None, message=None, exit_code=None)
         self.reporter.start()
+        # An earlier attempt trained and uploaded the model (and died after, e.g. merging): nothing to train again.
+        uploaded = self.store.read_manifest(join_uri(config.output_uri, MODEL_DIR)) if env.is_main else None
+        self.uploaded_model = dist_.all_gather_objects(uploaded)[0]
+        if self.uploaded_model is not None:
+            return
         self.reporter.event("Fine-tuning job started", reason="JobStarted")
         self.reporter.phase("downloading")
         if config.merge and config.method == "full":
@@ -815,7 +844,7 @@ class FineTuneRecipe:
         merged_uri = None
         if lora and config.merge:
             merged_folder = out / MERGED_DIR
-            self._write_merged_model(model_folder, merged_folder)
+            self._write_merged_model(self.base_folder, model_folder, merged_folder)
             merged_uri = join_uri(config.output_uri, MERGED_DIR)
             self.store.upload_artifact(merged_folder, merged_uri, kind="merged-model", **metadata)
         reporter.event("Model upload complete", reason="UploadComplete")
@@ -829,19 +858,46 @@ class FineTuneRecipe:
             eta_seconds=0.0,
         )
 
-    def _write_merged_model(self, adapter_folder: Path, merged_folder: Path) -> None:
-        """The adapter merged into a fresh, full-precision copy of the base model (works for QLoRA too)."""
-        import torch
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
+    def finish_uploaded(self) -> None:
+        """A retry after the model was uploaded: merge if that is all that is missing, then report done."""
+        from finetune_trainer.train.methods import fetch_model_folder
 
-        base = AutoModelForCausalLM.from_pretrained(self.base_folder, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, adapter_folder).merge_and_unload()
-        dtype = self.plan.autocast_dtype
-        if dtype is not None:
-            merged = merged.to(dtype)
-        merged.save_pretrained(merged_folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(merged_folder)
+        if not self.env.is_main:
+            return
+        config, reporter, manifest = self.config, self.reporter, self.uploaded_model
+        model_uri = join_uri(config.output_uri, MODEL_DIR)
+        lora = manifest.kind == "adapter"
+        merged_uri = join_uri(config.output_uri, MERGED_DIR) if lora and config.merge else None
+        if merged_uri is not None and self.store.read_manifest(merged_uri) is None:
+            reporter.event("The adapter was uploaded by an earlier attempt: merging it, without training again", reason="AlreadyUploaded")
+            reporter.phase("uploading")
+            warn = lambda m: reporter.event(m, warning=True)  # noqa: E731
+            base = fetch_model_folder(config.base_model, self.store, self.work_dir / "base-model", config.base_model_token_file, warn=warn)
+            adapter = fetch_model_folder(model_uri, self.store, self.work_dir / "uploaded-adapter")
+            merged_folder = self.work_dir / "output" / MERGED_DIR
+            shutil.rmtree(merged_folder, ignore_errors=True)
+            self._write_merged_model(base, adapter, merged_folder)
+            metadata = {"base_model": manifest.base_model, "step": manifest.step, **manifest.metadata}
+            self.store.upload_artifact(merged_folder, merged_uri, kind="merged-model", **metadata)
+            reporter.event("Model upload complete", reason="UploadComplete")
+        else:
+            reporter.event("The model was uploaded by an earlier attempt: nothing to redo", reason="AlreadyUploaded")
+        reporter.event("Fine-tuning job completed", reason="JobCompleted")
+        reporter.phase("done", model_uri=model_uri, adapter_uri=model_uri if lora else None, merged_model_uri=merged_uri, eta_seconds=0.0)
+
+    def _write_merged_model(self, base_folder: Path, adapter_folder: Path, merged_folder: Path) -> None:
+        """The adapter merged into the base model's weights, file by file (``train/merge.py``): no copy of
+        the whole model in memory, in fp32 or otherwise. For QLoRA too: the base files are unquantized."""
+        from finetune_trainer.train.merge import MergeError, merge_adapter
+        from finetune_trainer.train.methods import load_tokenizer
+
+        try:
+            merge_adapter(base_folder, adapter_folder, merged_folder)
+        except MergeError as e:
+            from finetune_trainer.train.errors import bad_input
+
+            raise bad_input("ImpossibleConfig", f"output.merge: {e}") from None
+        load_tokenizer(adapter_folder).save_pretrained(merged_folder)
 
     def cleanup(self) -> None:
         from finetune_trainer.train import distributed as dist_
