@@ -6,8 +6,8 @@ One class, read top to bottom: ``setup`` (device, base model, data, model, optim
 code. Only the process of rank 0 writes to the object store.
 
 Multi-process: LoRA and QLoRA use DDP; full fine-tuning on more than one process shards parameters,
-gradients and optimizer state with FSDP (``fully_shard`` per decoder layer). See ``distributed.py``
-for how the processes are started.
+gradients and optimizer state with FSDP (``fully_shard`` per decoder layer), the model built on the meta
+device and filled from rank 0 (``sharded.py``). See ``distributed.py`` for how the processes are started.
 """
 
 from __future__ import annotations
@@ -457,28 +457,27 @@ class FineTuneRecipe:
         config, hp, env = self.config, self.hp, self.env
         torch.manual_seed(hp.seed)
         random.seed(hp.seed)
-        if config.method == "full":
-            folder = self.init_weights_folder or self.base_folder
-            self.lm = load_causal_lm(folder, config, self.plan)
-        else:
-            base = load_causal_lm(self.base_folder, config, self.plan)
-            self.lm = apply_lora(base, config, self.init_weights_folder)
-            if config.method == "lora":
-                self.lm.to(self.device)
-        if hp.gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainable, total = count_parameters(self.lm)
-        log.info("model: %s parameters, %s trainable (%s)", f"{total:,}", f"{trainable:,}", config.method)
-        self.module = CausalLMLoss(self.lm)
         self.fsdp = config.method == "full" and env.distributed
         if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
+            # Built on the meta device, sharded, then filled from rank 0's read of the checkpoint: no process
+            # ever holds the whole model (train/sharded.py).
+            from finetune_trainer.train.sharded import build_sharded_model
 
-            layer_classes = set(getattr(self._causal_lm(), "_no_split_modules", None) or [])
-            for sub in self.module.modules():
-                if type(sub).__name__ in layer_classes:
-                    fully_shard(sub)
-            fully_shard(self.module)
+            self.lm, self.module = build_sharded_model(self.init_weights_folder or self.base_folder, config, self.plan, env.rank)
+        else:
+            if config.method == "full":
+                self.lm = load_causal_lm(self.init_weights_folder or self.base_folder, config, self.plan)
+            else:
+                base = load_causal_lm(self.base_folder, config, self.plan)
+                self.lm = apply_lora(base, config, self.init_weights_folder)
+                if config.method == "lora":
+                    self.lm.to(self.device)
+            if hp.gradient_checkpointing:
+                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.module = CausalLMLoss(self.lm)
+        trainable, total = count_parameters(self.lm)
+        log.info("model: %s parameters, %s trainable (%s)", f"{total:,}", f"{trainable:,}", config.method)
+        if self.fsdp:
             self.model = self.module
         elif env.distributed:
             from torch.nn.parallel import DistributedDataParallel
