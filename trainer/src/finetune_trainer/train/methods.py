@@ -4,9 +4,8 @@ Base model URIs:
 
 * ``hf://org/name[@revision]``: downloaded with ``huggingface_hub.snapshot_download`` (token read from
   ``baseModelTokenFile``; weights, config and tokenizer files only);
-* ``s3://bucket/prefix``: an artifact with a ``manifest.json`` is downloaded and verified; a plain folder
-  without one (a model uploaded by hand) is accepted too, downloaded object by object without verification,
-  and a warning event says so;
+* ``s3://bucket/prefix``: an artifact with a ``manifest.json``, downloaded and verified. A folder without
+  one (copied by hand) is refused, as serving refuses it: ``finetune-trainer upload`` makes it an artifact;
 * ``pvc://claim/path``: the operator mounts the claim at ``/models/<claim>``, so this is the local folder
   ``/models/<claim>/<path>`` (the root can be moved with ``FINETUNE_PVC_ROOT``);
 * anything else: a local folder.
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from finetune_trainer.contract import MANIFEST_FILE, TrainerConfig
-from finetune_trainer.storage import ObjectStore, StorageError, is_s3
+from finetune_trainer.storage import IncompleteArtifactError, ObjectStore, StorageError, is_s3, missing_manifest_message
 from finetune_trainer.train.errors import TrainerFailure, bad_input
 
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
@@ -109,23 +108,18 @@ def pvc_path(uri: str) -> Path:
     return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / claim / sub
 
 
-def fetch_model_folder(uri: str, store: ObjectStore, dest: Path, token_file: str | None = None, warn: Any = None) -> Path:
-    """A local folder with the model (or adapter) at ``uri``; ``warn(message)`` is told about unverified folders."""
+def fetch_model_folder(uri: str, store: ObjectStore, dest: Path, token_file: str | None = None) -> Path:
+    """A local folder with the model (or adapter) at ``uri``."""
     if uri.startswith("hf://"):
         return _fetch_hf(uri, dest, token_file)
     if is_s3(uri):
         try:
-            if store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
-                store.download_artifact(uri, dest)
-                return dest
-            names = [n for n in store.list(uri) if n]
-            if not names:
-                raise bad_input("BaseModelNotFound", f"{uri}: no such model (the prefix holds no objects)")
-            if warn is not None:
-                warn(f"{uri} has no {MANIFEST_FILE}; using its {len(names)} files without verification")
-            for name in names:
-                store.download_file(f"{uri.rstrip('/')}/{name}", dest / name)
+            if not store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
+                raise bad_input("BaseModelNotFound", missing_manifest_message(uri, bool([n for n in store.list(uri) if n])))
+            store.download_artifact(uri, dest)
             return dest
+        except IncompleteArtifactError as e:
+            raise bad_input("BaseModelNotFound", str(e)) from None
         except StorageError as e:
             raise TrainerFailure("StorageError", f"cannot download {uri}: {e}") from None
     path = pvc_path(uri) if uri.startswith("pvc://") else Path(uri[len("file://") :] if uri.startswith("file://") else uri)

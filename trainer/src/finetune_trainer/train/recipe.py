@@ -363,7 +363,7 @@ class FineTuneRecipe:
             if dest.exists():
                 shutil.rmtree(dest)
             try:
-                result = fetch_model_folder(uri, self.store, dest, token_file, warn=lambda m: self.reporter.event(m, warning=True))
+                result = fetch_model_folder(uri, self.store, dest, token_file)
             except Exception as e:  # re-raised below, after the other processes were told
                 error = e
         failed = dist_.any_process(error is not None, self.device)
@@ -870,8 +870,7 @@ class FineTuneRecipe:
         if merged_uri is not None and self.store.read_manifest(merged_uri) is None:
             reporter.event("The adapter was uploaded by an earlier attempt: merging it, without training again", reason="AlreadyUploaded")
             reporter.phase("uploading")
-            warn = lambda m: reporter.event(m, warning=True)  # noqa: E731
-            base = fetch_model_folder(config.base_model, self.store, self.work_dir / "base-model", config.base_model_token_file, warn=warn)
+            base = fetch_model_folder(config.base_model, self.store, self.work_dir / "base-model", config.base_model_token_file)
             adapter = fetch_model_folder(model_uri, self.store, self.work_dir / "uploaded-adapter")
             merged_folder = self.work_dir / "output" / MERGED_DIR
             shutil.rmtree(merged_folder, ignore_errors=True)
