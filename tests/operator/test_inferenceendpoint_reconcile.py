@@ -245,8 +245,11 @@ def test_vllm_auth_middleware_guards_every_route_but_health_and_metrics():
         async def send(message):
             sent.append(message)
 
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-        asyncio.run(guarded({"type": "http", "method": "POST", "path": path, "headers": headers}, None, send))
+        asyncio.run(guarded({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
         return sent[0]["status"]
 
     assert call("/v1/chat/completions") == 401
@@ -275,8 +278,11 @@ def test_vllm_auth_middleware_takes_a_rotated_key_and_keeps_it_when_the_new_file
         async def send(message):
             sent.append(message)
 
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
         headers = [(b"authorization", f"Bearer {token}".encode())]
-        asyncio.run(guarded({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}, None, send))
+        asyncio.run(guarded({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}, receive, send))
         return sent[0]["status"]
 
     def swap(text: str) -> None:  # as the kubelet does: a new file in place of the old

@@ -23,6 +23,8 @@ import time
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/ping"})
 API_KEY_FILE_ENV = "FINETUNE_API_KEY_FILE"
 RECHECK_SECONDS = 1.0
+DRAIN_LIMIT = 1 << 20
+"""Bytes of a refused request's body read (and dropped) before the 401; a larger body's connection is closed."""
 
 
 def _read_key() -> bytes | None:
@@ -94,14 +96,29 @@ class RequireApiKey:
         if token and hmac.compare_digest(token, self.api_key):
             await self.app(scope, receive, send)
             return
-        await _unauthorized(scope, send, provided=bool(token))
+        await _unauthorized(scope, receive, send, provided=bool(token))
 
 
-async def _unauthorized(scope, send, provided: bool) -> None:
+async def _drain(receive) -> None:
+    """Read the request's body before answering: a server that closes the connection with body bytes still
+    unread makes the kernel reset it, and the client sees "connection reset" instead of the 401."""
+    seen = 0
+    while seen <= DRAIN_LIMIT:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return
+        seen += len(message.get("body") or b"")
+        if not message.get("more_body"):
+            return
+
+
+async def _unauthorized(scope, receive, send, provided: bool) -> None:
     message = "Incorrect API key provided." if provided else "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
     body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}).encode()
     if scope.get("type") == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+    await _drain(receive)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"www-authenticate", b"Bearer")]
+    await send({"type": "http.response.start", "status": 401, "headers": headers})
     await send({"type": "http.response.body", "body": body})
