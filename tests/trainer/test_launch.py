@@ -69,19 +69,21 @@ def test_a_node_rank_outside_the_job_is_refused():
 
 
 STUCK_PEER = r"""
-import json, sys, torch
+import json, os, sys, torch
 from finetune_trainer.train import distributed
 env = distributed.env_from_os()
 distributed.init_process_group(env, torch.device("cpu"))
+distributed.training()  # as the trainer does once it is set up
 if env.rank == 1:
     sys.stdin.read()  # alive but gone from the job's point of view, like a pod that is being replaced
     sys.exit(0)
 try:
     distributed.all_reduce_sum([1.0], torch.device("cpu"))
 except Exception as e:
-    print(json.dumps({"failed": True, "collective_failure": distributed.is_collective_failure(e)}))
+    print(json.dumps({"failed": True, "collective_failure": distributed.is_collective_failure(e)}), flush=True)
 else:
-    print(json.dumps({"failed": False}))
+    print(json.dumps({"failed": False}), flush=True)
+os._exit(0)  # as the trainer leaves: no teardown of a group whose peer is gone
 """
 
 
@@ -98,3 +100,35 @@ def test_a_process_whose_peer_stops_answering_fails_within_the_collective_timeou
         stuck.communicate("", timeout=60)
     assert waiting.returncode == 0, waiting.stderr[-3000:]
     assert json.loads(waiting.stdout.strip().splitlines()[-1]) == {"failed": True, "collective_failure": True}
+
+
+SLOW_UPLOAD = r"""
+import json, os, sys, time, torch
+from finetune_trainer.train import distributed
+env = distributed.env_from_os()
+distributed.init_process_group(env, torch.device("cpu"))
+distributed.training()
+with distributed.waiting_for_io():
+    if env.rank == 0:
+        time.sleep(4)  # an upload longer than the 2 s collective timeout, not a synchronisation
+    distributed.barrier()
+total = distributed.all_reduce_sum([1.0], torch.device("cpu"))
+print(json.dumps({"rank": env.rank, "total": total[0]}), flush=True)
+distributed.destroy_process_group()
+os._exit(0)  # as the trainer leaves
+"""
+
+
+def test_processes_waiting_for_one_processs_upload_use_the_io_timeout_not_the_collective_one():
+    port = str(free_port())
+    common = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "OMP_NUM_THREADS": "1",
+              "FINETUNE_COLLECTIVE_TIMEOUT_SECONDS": "2"}  # fmt: skip
+    procs = [
+        subprocess.Popen([sys.executable, "-c", SLOW_UPLOAD], env={**common, "RANK": str(r), "LOCAL_RANK": str(r)},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for r in range(2)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err[-3000:]
+        assert json.loads(out.strip().splitlines()[-1])["total"] == 2.0

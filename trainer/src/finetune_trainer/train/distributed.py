@@ -14,10 +14,11 @@ workers; a single one (one GPU on each of several nodes) runs in place as that o
 (42 bad input, then 143 preempted, then any other failure).
 
 A process group of fixed size cannot take back a replaced pod: when a node is lost, the others would
-wait in their next collective. Every collective therefore has a timeout (``FINETUNE_COLLECTIVE_TIMEOUT_SECONDS``,
-default 600, as long as the slowest wait of one process for another: a node's download of the base model
-by its first process, a checkpoint upload by rank 0); past it the process fails with a retryable exit
-code, and the Job's retry starts every pod afresh from the newest checkpoint.
+wait in their next collective. While training, every collective therefore has a short timeout
+(``FINETUNE_COLLECTIVE_TIMEOUT_SECONDS``, default 300); past it the process fails with a retryable exit
+code, and the Job's retry starts every pod afresh from the newest checkpoint. Where processes wait for one
+of them to do I/O (setting up, while each node's first process downloads the base model; saving a
+checkpoint, while rank 0 uploads it) the timeout is ``FINETUNE_IO_TIMEOUT_SECONDS`` (default 7200).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -68,28 +70,62 @@ def is_worker() -> bool:
 
 
 COLLECTIVE_TIMEOUT_ENV = "FINETUNE_COLLECTIVE_TIMEOUT_SECONDS"
-DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 600.0
+DEFAULT_COLLECTIVE_TIMEOUT_SECONDS = 300.0
+IO_TIMEOUT_ENV = "FINETUNE_IO_TIMEOUT_SECONDS"
+DEFAULT_IO_TIMEOUT_SECONDS = 7200.0
 
 
-def collective_timeout() -> timedelta:
-    """How long a process waits for the others in one collective before it gives up (see the module doc)."""
-    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV, "").strip()
+def _seconds(env: str, default: float) -> timedelta:
+    value = os.environ.get(env, "").strip()
     try:
-        seconds = float(value) if value else DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
+        seconds = float(value) if value else default
     except ValueError:
-        seconds = DEFAULT_COLLECTIVE_TIMEOUT_SECONDS
+        seconds = default
     return timedelta(seconds=max(1.0, seconds))
 
 
+def collective_timeout() -> timedelta:
+    """How long a training collective waits for the other processes before it gives up (see the module doc)."""
+    return _seconds(COLLECTIVE_TIMEOUT_ENV, DEFAULT_COLLECTIVE_TIMEOUT_SECONDS)
+
+
+def io_timeout() -> timedelta:
+    """How long processes wait while one of them downloads or uploads."""
+    return _seconds(IO_TIMEOUT_ENV, DEFAULT_IO_TIMEOUT_SECONDS)
+
+
 def init_process_group(env: DistEnv, device: torch.device) -> None:
+    """Join the job's processes; collectives wait up to ``io_timeout()`` until ``training()`` is called."""
     if env.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs: dict[str, Any] = {"backend": backend, "timeout": collective_timeout()}
+        kwargs: dict[str, Any] = {"backend": backend, "timeout": io_timeout()}
         if device.type == "cuda":
             kwargs["device_id"] = device
             # A timed-out NCCL collective tears the process down instead of leaving it hanging.
             os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "3")
         dist.init_process_group(**kwargs)
+
+
+def _set_timeout(timeout: timedelta) -> None:
+    if dist.is_initialized():
+        from torch.distributed.distributed_c10d import _set_pg_timeout
+
+        _set_pg_timeout(timeout)
+
+
+def training() -> None:
+    """From now on the processes wait only for each other's compute: collectives time out soon."""
+    _set_timeout(collective_timeout())
+
+
+@contextmanager
+def waiting_for_io() -> Iterator[None]:
+    """Collectives inside wait as long as one process's download or upload may take."""
+    _set_timeout(io_timeout())
+    try:
+        yield
+    finally:
+        _set_timeout(collective_timeout())
 
 
 def is_collective_failure(error: BaseException) -> bool:

@@ -177,6 +177,7 @@ class FineTuneRecipe:
         self.work_dir, self.own_work_dir = self._work_dir()
         self.last_checkpoint_step: int | None = None
         self.succeeded = False
+        self.peer_lost = False
         self.uploaded_model: Any = None
         """The output model's manifest when an earlier attempt of this job already uploaded it."""
 
@@ -229,10 +230,12 @@ class FineTuneRecipe:
             from finetune_trainer.train import distributed as dist_
 
             if self.env.distributed and dist_.is_collective_failure(e):
+                self.peer_lost = True  # no orderly teardown of the group: its peer is gone
+                seconds = int(dist_.collective_timeout().total_seconds())
                 where = f"checkpoint step {self.last_checkpoint_step}" if self.last_checkpoint_step else "the start"
                 return self._fail(
                     "CollectiveTimeout",
-                    f"another process of this job stopped answering ({type(e).__name__}: {str(e)[:200]}); "
+                    f"another process of this job stopped answering within {seconds} s ({type(e).__name__}: {str(e)[:200]}); "
                     f"a lost or replaced pod cannot rejoin a running job, so every pod restarts and resumes from {where}",
                     ExitCode.RETRYABLE,
                 )
@@ -347,6 +350,7 @@ class FineTuneRecipe:
         self._setup_optimizer()
         if self.resume_folder is not None:
             self._load_training_state(self.resume_folder)
+        dist_.training()  # set up: from here a process that stops answering fails the others soon
 
     def _fetch(self, uri: str, name: str, token_file: str | None = None) -> Path:
         """A model/checkpoint folder, downloaded once per node (local rank 0) when remote."""
@@ -769,6 +773,12 @@ class FineTuneRecipe:
             _point_adapter_at(folder, self.config.base_model)
 
     def save_checkpoint(self, epoch: int, groups_done: int) -> None:
+        from finetune_trainer.train import distributed as dist_
+
+        with dist_.waiting_for_io():  # the others wait while rank 0 uploads
+            self._save_checkpoint(epoch, groups_done)
+
+    def _save_checkpoint(self, epoch: int, groups_done: int) -> None:
         import torch
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -821,8 +831,9 @@ class FineTuneRecipe:
         if self.env.is_main:
             shutil.rmtree(out, ignore_errors=True)
             model_folder.mkdir(parents=True)
-        self._save_weights(model_folder)
-        dist_.barrier()
+        with dist_.waiting_for_io():  # the others wait while rank 0 writes the model
+            self._save_weights(model_folder)
+            dist_.barrier()
         if not self.env.is_main:
             return
         reporter.phase("uploading")
@@ -902,7 +913,8 @@ class FineTuneRecipe:
 
         if self.reporter is not None:
             self.reporter.close()
-        dist_.destroy_process_group()
+        if not self.peer_lost:
+            dist_.destroy_process_group()
         if self.own_work_dir and self.env.local_rank == 0:
             # Staging folders go always; downloads (base model, data, checkpoint) stay for a retry, until done.
             for sub in ("output", "checkpoints") if not self.succeeded else ("",):
