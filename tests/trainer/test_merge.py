@@ -112,3 +112,28 @@ def test_a_retry_after_the_upload_neither_trains_nor_merges_again(tiny_model, tm
     assert (output / "merged" / "manifest.json").exists() and merged.read_bytes() == first_merge
     progress = read_progress(output)
     assert progress["phase"] == "done" and progress["mergedModelUri"] == str(output / "merged")
+
+
+def test_a_base_model_without_safetensors_files_is_merged_in_its_own_dtype(tiny_model, tmp_path):
+    import shutil
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from finetune_trainer.train.recipe import FineTuneRecipe
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(tiny_model, legacy)
+    state = {k: v.to(torch.bfloat16) for k, v in load_file(legacy / "model.safetensors").items()}
+    (legacy / "model.safetensors").unlink()
+    torch.save(state, legacy / "pytorch_model.bin")
+    config = json.loads((legacy / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps({**config, "dtype": "bfloat16"}))
+    adapter = lora_adapter(tiny_model, tmp_path / "adapter")
+    FineTuneRecipe._merge_in_memory(legacy, adapter, tmp_path / "merged")
+    assert {t.dtype for t in load_file(tmp_path / "merged" / "model.safetensors").values()} == {torch.bfloat16}, "not fp32"
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.bfloat16)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(legacy, dtype=torch.bfloat16), adapter).merge_and_unload()
+    for (name, ours_p), (_, ref_p) in zip(ours.state_dict().items(), reference.state_dict().items(), strict=True):
+        torch.testing.assert_close(ours_p, ref_p, msg=name)

@@ -897,16 +897,30 @@ class FineTuneRecipe:
     def _write_merged_model(self, base_folder: Path, adapter_folder: Path, merged_folder: Path) -> None:
         """The adapter merged into the base model's weights, file by file (``train/merge.py``): no copy of
         the whole model in memory, in fp32 or otherwise. For QLoRA too: the base files are unquantized."""
-        from finetune_trainer.train.merge import MergeError, merge_adapter
+        from finetune_trainer.train.merge import MergeError, merge_adapter, weight_files
         from finetune_trainer.train.methods import load_tokenizer
 
         try:
-            merge_adapter(base_folder, adapter_folder, merged_folder)
-        except MergeError as e:
-            from finetune_trainer.train.errors import bad_input
+            weight_files(base_folder)
+        except MergeError:
+            self._merge_in_memory(base_folder, adapter_folder, merged_folder)
+        else:
+            try:
+                merge_adapter(base_folder, adapter_folder, merged_folder)
+            except MergeError as e:
+                from finetune_trainer.train.errors import bad_input
 
-            raise bad_input("ImpossibleConfig", f"output.merge: {e}") from None
+                raise bad_input("ImpossibleConfig", f"output.merge: {e}") from None
         load_tokenizer(adapter_folder).save_pretrained(merged_folder)
+
+    @staticmethod
+    def _merge_in_memory(base_folder: Path, adapter_folder: Path, merged_folder: Path) -> None:
+        """A base model without safetensors files (``.bin`` only): loaded whole, in its own dtype, not fp32."""
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+
+        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype="auto")
+        PeftModel.from_pretrained(base, adapter_folder).merge_and_unload().save_pretrained(merged_folder, safe_serialization=True)
 
     def cleanup(self) -> None:
         from finetune_trainer.train import distributed as dist_
