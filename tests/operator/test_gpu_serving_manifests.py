@@ -101,3 +101,23 @@ def test_the_fetch_checks_the_spec_against_the_model_before_vllm_starts_whatever
         assert Path(config_from).is_relative_to(mounts["base-model-pvc"]), "the fetch reads config.json from the mounted claim"
     volumes = {v["name"] for v in pod["volumes"]}
     assert {m["name"] for m in init["volumeMounts"]} <= volumes
+
+
+def test_an_adapter_of_too_high_a_rank_is_named_in_the_endpoints_status(tmp_path):
+    """The fetch's refusal (its termination message) reaches the adapter's entry in status, as the fetch writes it."""
+    from finetune_operator.reconcile.inferenceendpoint import Observed, Reason
+    from finetune_trainer.contract import VLLM_LORA_RANKS
+    from finetune_trainer.serving_checks import adapter_problem
+    from tests.operator.test_inferenceendpoint_reconcile import ready_deployment, run
+
+    uri = "s3://finetune/adapters/wide"
+    spec = {**VLLM, "adapters": [{"name": "wide", "uri": uri}]}
+    words = adapter_problem(uri, {"r": 64}, 32, VLLM_LORA_RANKS)
+    pod = {"metadata": {"name": "new"}, "status": {"initContainerStatuses": [{
+        "name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 42, "message": f"AdapterRankTooHigh: {words}"}},
+    }]}}  # fmt: skip
+    plan = run(spec, Observed(deployment=ready_deployment(ready=1, updatedReplicas=1, replicas=2), pods=[pod]))
+    [adapter] = plan.status["adapters"]
+    assert adapter["reason"] == Reason.ADAPTER_LOAD_FAILED
+    assert "has LoRA rank 64, above the endpoint's spec.maxLoraRank 32; set spec.maxLoraRank to 64 or more" in adapter["message"]

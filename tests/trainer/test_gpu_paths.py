@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import sys as _sys
 import types
 
 import pytest
@@ -50,7 +49,7 @@ def test_bf16_asked_for_on_a_gpu_that_only_emulates_it_is_refused_naming_the_alt
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_gpus_get_an_attention_that_keeps_packed_examples_apart_even_with_flash_attn_installed(monkeypatch, precision):
     """flash_attention_2 reads example boundaries from position ids only for a single row, and refuses fp32."""
-    monkeypatch.setitem(_sys.modules, "flash_attn", types.ModuleType("flash_attn"))
+    monkeypatch.setitem(sys.modules, "flash_attn", types.ModuleType("flash_attn"))
     assert attention_implementation(DevicePlan(torch.device("cuda", 0), precision)) == "sdpa"
 
 
