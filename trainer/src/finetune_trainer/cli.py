@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("finetune_trainer.serve.server", "serve a base model and LoRA adapters behind an OpenAI-compatible API"),
     "fetch": ("finetune_trainer.fetch", "download models and adapters (manifest checked) from the object store"),
     "upload": ("finetune_trainer.upload", "upload a model or adapter folder to the object store, manifest last"),
+    "vllm-adapters": ("finetune_trainer.vllm_adapters", "load and unload a running vLLM server's LoRA adapters (sidecar)"),
     "make-tiny-model": ("finetune_trainer.tiny_model", "write a small Llama-architecture model for tests and demos"),
 }
 

@@ -492,4 +492,24 @@ class FetchConfig(_Model):
     storage: StorageConfig | None = None
 
 
+class VllmAdapter(_Model):
+    name: str = Field(description="the name clients send as `model`")
+    uri: str = Field(description="s3:// adapter folder with a manifest.json")
+    dest: str = Field(description="local folder vLLM loads it from")
+
+
+class VllmAdaptersConfig(_Model):
+    """``finetune-trainer vllm-adapters --config``: the adapters a vLLM server should serve, loaded and unloaded
+    at run time (vLLM's ``/v1/load_lora_adapter``) by a sidecar beside it. The list may change while it runs:
+    the sidecar rereads the file. Its state goes to ``state_file`` in the builtin server's ``/health`` shape."""
+
+    contract_version: str = CONTRACT_VERSION
+    adapters: list[VllmAdapter] = Field(default_factory=list)
+    server: str = "http://127.0.0.1:8000"
+    api_key_file: str | None = None
+    max_lora_rank: int | None = None
+    state_file: str
+    storage: StorageConfig | None = None
+
+
 Name = Annotated[str, Field(min_length=1, max_length=253)]
