@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install tools demo test test-fast crds lint bench-operator bench-trainer bench-dataset bench-serve clean
+.PHONY: install tools demo test test-fast crds lint bench-operator bench-trainer bench-dataset bench-serve gpu-check gpu-wheels gpu-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,5 +56,34 @@ bench-dataset: install
 bench-serve: install
 	$(PY) bench/bench_serve.py
 
+# The GPU check runs on a GPU machine with that machine's own torch (built for its driver), in a venv that
+# sees it, with the wheels it lacks brought from here by `make gpu-wheels` (it may have no network).
+GPU_PYTHON ?= python3
+GPU_VENV   := .venv-gpu
+GPU_WHEELS := .gpu-wheels
+GPU_PYTHON_VERSION ?= 3.11
+
+## gpu-check: LoRA, QLoRA and full fine-tuning steps and the merge on one GPU, one JSON line (bench/gpu_check.py); DRY=1: the same plumbing on CPU, tiny shapes
+ifeq ($(DRY),)
+gpu-check: $(GPU_VENV)/.ready
+	PYTHONPATH=trainer/src:operator/src $(GPU_VENV)/bin/python bench/gpu_check.py
+else
+gpu-check: install
+	$(PY) bench/gpu_check.py --dry
+endif
+
+## gpu-wheels: download the wheels a GPU machine's own torch lacks (bitsandbytes, transformers, peft...) into .gpu-wheels
+gpu-wheels: install
+	$(PY) bench/gpu_wheels.py --dest $(GPU_WHEELS) --python-version $(GPU_PYTHON_VERSION) $(if $(SKIP),--skip $(SKIP))
+
+## gpu-env: (on the GPU machine) a venv over its own torch, completed from .gpu-wheels without network
+gpu-env: $(GPU_VENV)/.ready
+
+$(GPU_VENV)/.ready:
+	$(GPU_PYTHON) -c "import torch; assert torch.cuda.is_available(), 'no CUDA GPU visible to this torch'"
+	$(GPU_PYTHON) -m venv --system-site-packages $(GPU_VENV)
+	$(GPU_VENV)/bin/python -m pip install -q --no-index --find-links $(GPU_WHEELS) $(GPU_WHEELS)/*.whl
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache .demo .bench build *.egg-info
+	rm -rf $(VENV) $(GPU_VENV) .pytest_cache .demo .bench build *.egg-info

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import fnmatch
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -110,7 +112,7 @@ def test_trainer_image_installs_the_pinned_torch_and_runs_the_trainer_cli() -> N
     assert makefile_torch, "the Makefile pins torch"
     installs = " ".join(a for k, a in steps if k == "RUN" and "pip install" in a)
     assert makefile_torch.group(1) in installs, "the image trains with the torch the tests use"
-    assert '".[trainer]"' in installs
+    assert {"trainer", "gpu"} <= image_extras("trainer")
     assert ("ENTRYPOINT", '["finetune-trainer"]') in final_stage(DOCKERFILES["trainer"])
     scripts = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts["finetune-trainer"].startswith("finetune_trainer.")
@@ -158,6 +160,52 @@ def test_every_copied_path_gets_through_dockerignore_and_nothing_else_big_does()
         assert not _dockerignore_allows(excluded, patterns), excluded
 
 
+def image_extras(image: str) -> set[str]:
+    """The extras of the project the image installs (`pip install ".[a,b]"`)."""
+    installs = " ".join(a for k, a in instructions(DOCKERFILES[image]) if k == "RUN" and "pip install" in a)
+    found = re.search(r'"\.\[([A-Za-z0-9_,-]+)\]"', installs)
+    assert found, f"the {image} image installs the project"
+    return set(found.group(1).split(","))
+
+
+def imported_top_level_modules(package: Path) -> set[str]:
+    """Every absolute import of a package's source, top-level name only (optional imports inside functions too)."""
+    names: set[str] = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_package_the_trainer_imports_is_installed_in_the_trainer_image() -> None:
+    """A GPU-only path (qlora's bitsandbytes) imports a package the CPU tests never load: the image must have it."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"]) + ["torch"]
+    for extra in image_extras("trainer"):
+        wanted += project["optional-dependencies"][extra]
+    installed: set[str] = set()
+    queue = [Requirement(spec) for spec in wanted]
+    while queue:  # the image's packages: what it asks for and, for what is installed here, what those require
+        requirement = queue.pop()
+        name = canonicalize_name(requirement.name)
+        if name in installed:
+            continue
+        installed.add(name)
+        try:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        queue += [r for r in map(Requirement, requires) if r.marker is None or r.marker.evaluate({"extra": ""})]
+    providers = importlib.metadata.packages_distributions()
+    trainer = REPO_ROOT / "trainer" / "src" / "finetune_trainer"
+    third_party = imported_top_level_modules(trainer) - set(sys.stdlib_module_names) - {"finetune_trainer", "__future__"}
+    missing = sorted(m for m in third_party if not any(canonicalize_name(d) in installed for d in providers.get(m, [m])))
+    assert missing == [], f"the trainer imports {missing}, which the trainer image does not install"
+
+
 def test_constraints_pin_every_runtime_dependency_within_its_declared_range() -> None:
     pins = {}
     for line in CONSTRAINTS.read_text().splitlines():
@@ -166,7 +214,9 @@ def test_constraints_pin_every_runtime_dependency_within_its_declared_range() ->
             assert version, f"constraints.txt: {line!r} is not an exact pin"
             pins[canonicalize_name(name)] = version
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    runtime = project["dependencies"] + project["optional-dependencies"]["operator"] + project["optional-dependencies"]["trainer"]
+    runtime = list(project["dependencies"]) + project["optional-dependencies"]["operator"]
+    for extra in image_extras("trainer"):
+        runtime += project["optional-dependencies"][extra]
     for spec in runtime:
         requirement = Requirement(spec)
         name = canonicalize_name(requirement.name)

@@ -33,8 +33,7 @@ def test_an_evaluation_reads_its_inputs_from_s3_and_writes_results_manifest_last
     store, storage = s3
     bucket = f"s3://{object_store.bucket}"
     store.upload_artifact(tiny_model, f"{bucket}/models/tiny", kind="model")
-    for path in learned_adapter.iterdir():  # uploaded by hand: no manifest
-        store.upload_file(path, f"{bucket}/adapters/qa/{path.name}")
+    store.upload_artifact(learned_adapter, f"{bucket}/adapters/qa", kind="adapter")
     store.upload_file(write_jsonl(tmp_path / "qa.jsonl", [{"messages": m} for m in CONVERSATIONS]), f"{bucket}/datasets/ns/qa/abc/validation.jsonl")
     output = f"{bucket}/evaluations/ns/qa-eval-1234"
     config = write_config(
@@ -67,3 +66,17 @@ def test_an_evaluation_reads_its_inputs_from_s3_and_writes_results_manifest_last
     assert (progress.phase, progress.step, progress.total_steps) == ("done", 5, 5)
     logs = capfd.readouterr()
     assert object_store.secret_key not in logs.out + logs.err
+
+
+def test_an_adapter_copied_by_hand_is_refused_as_training_and_serving_refuse_it(learned_adapter, tmp_path, s3, object_store):
+    from finetune_trainer.evaluate.errors import BadInput
+    from finetune_trainer.evaluate.model_source import resolve_model_folder
+
+    store, _ = s3
+    uri = f"s3://{object_store.bucket}/adapters/by-hand"
+    for path in learned_adapter.iterdir():  # `aws s3 sync`: the files, no manifest
+        store.upload_file(path, f"{uri}/{path.name}")
+    with pytest.raises(BadInput) as info:
+        resolve_model_folder(uri, store, tmp_path, what="adapter")
+    assert info.value.reason == "ModelNotFound"
+    assert f"{uri} has no manifest.json" in info.value.message and "finetune-trainer upload" in info.value.message

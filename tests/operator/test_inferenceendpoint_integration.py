@@ -201,6 +201,7 @@ def test_vllm_endpoint_makes_a_gpu_deployment_and_shows_why_it_cannot_run_here(c
         replicas:
           min: 1
           max: 3
+        maxModelLen: 2048
         adapters:
           - name: support-v1
             uri: {ADAPTER_URI}
@@ -230,3 +231,20 @@ def test_vllm_endpoint_makes_a_gpu_deployment_and_shows_why_it_cannot_run_here(c
     hpa = kubernetes.client.AutoscalingV2Api(api).read_namespaced_horizontal_pod_autoscaler("gpu-server", cluster.namespace)
     assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (1, 3)
     assert hpa.spec.scale_target_ref.name == "gpu-server"
+
+
+def test_a_vllm_spec_the_model_cannot_serve_fails_with_the_field_to_change(cluster, object_store, uploaded_models, start_operator, runner):
+    """vLLM would exit at start on a maxModelLen above the model's context; the fetch says so first."""
+    start_operator()
+    cluster.storage_secret(object_store)
+    api_key_secret(cluster, "long-key")
+    cluster.apply(endpoint_yaml("long", """
+        resources:
+          gpus: 1
+        maxModelLen: 8192
+        """))  # fmt: skip
+    failed = cluster.wait_phase("inferenceendpoints", "long", "Failed", timeout=90)
+    message = failed["status"]["message"]
+    assert "init container fetch exited with code 42" in message, runner_logs(runner)
+    assert "ModelLimitExceeded: spec.maxModelLen 8192 is above the model's context length 2048" in message
+

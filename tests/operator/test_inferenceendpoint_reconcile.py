@@ -213,7 +213,8 @@ def test_vllm_hf_base_model_is_downloaded_by_vllm_itself_with_the_token_file():
     assert c["args"][:4] == ["--model", "meta-llama/Llama-3.2-1B", "--revision", "main"]
     assert {"name": "HF_TOKEN_PATH", "value": "/var/run/secrets/finetune/base-model/token"} in c["env"]
     assert "--lora-modules" not in c["args"]
-    assert "initContainers" not in dep["spec"]["template"]["spec"], "nothing to fetch from the object store"
+    [init] = dep["spec"]["template"]["spec"]["initContainers"]  # it only checks the spec against the model's config.json
+    assert "storage-credentials" not in {m["name"] for m in init["volumeMounts"]}, "nothing to fetch from the object store"
 
 
 def test_adding_an_adapter_to_a_vllm_endpoint_rolls_the_deployment():
@@ -237,8 +238,11 @@ def test_vllm_auth_middleware_guards_every_route_but_health_and_metrics():
         async def send(message):
             sent.append(message)
 
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
-        asyncio.run(guarded({"type": "http", "method": "POST", "path": path, "headers": headers}, None, send))
+        asyncio.run(guarded({"type": "http", "method": "POST", "path": path, "headers": headers}, receive, send))
         return sent[0]["status"]
 
     assert call("/v1/chat/completions") == 401
@@ -267,8 +271,11 @@ def test_vllm_auth_middleware_takes_a_rotated_key_and_keeps_it_when_the_new_file
         async def send(message):
             sent.append(message)
 
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
         headers = [(b"authorization", f"Bearer {token}".encode())]
-        asyncio.run(guarded({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}, None, send))
+        asyncio.run(guarded({"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}, receive, send))
         return sent[0]["status"]
 
     def swap(text: str) -> None:  # as the kubelet does: a new file in place of the old

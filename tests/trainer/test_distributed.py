@@ -68,3 +68,27 @@ def test_full_fine_tuning_on_two_processes_shards_and_saves_a_whole_model(tiny_m
     base = AutoModelForCausalLM.from_pretrained(tiny_model)
     changed = [n for n, p in model.named_parameters() if not (p - dict(base.named_parameters())[n]).abs().max() < 1e-9]
     assert len(changed) == len(list(base.parameters())), "every parameter is trained, from its shard"
+
+
+def test_one_gpu_on_each_of_two_nodes_trains_one_model_together(tiny_model: Path, tmp_path: Path):
+    """numNodes 2 with one process per node (gpus: 1): each pod runs a single process, which must still
+    join the job's process group instead of training alone."""
+    from finetune_trainer.train.distributed import free_port
+
+    data = write_jsonl(tmp_path / "train.jsonl", arithmetic_conversations(24, seed=7))
+    output = tmp_path / "job"
+    config = trainer_config(tiny_model, [str(data)], output, hyperparameters={"epochs": 1})
+    port = str(free_port())
+    nodes = [
+        TrainerRun(tmp_path / f"node-{index}", config, env={
+            "NNODES": "2", "NPROC_PER_NODE": "1", "JOB_COMPLETION_INDEX": str(index), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port,
+        })  # fmt: skip
+        for index in range(2)
+    ]
+    procs = [node.start() for node in nodes]
+    outputs = [proc.communicate(timeout=300)[0] for proc in procs]
+    assert [proc.returncode for proc in procs] == [ExitCode.OK, ExitCode.OK], outputs
+    messages = [e["message"] for e in read_events(output)]
+    assert any(m.startswith("Trainable weights agree across 2 processes") for m in messages), messages
+    assert messages.count("Fine-tuning job started") == 1, "one writer: rank 0 of the two nodes"
+    assert Manifest.model_validate_json((output / "model" / "manifest.json").read_text()).metadata["world_size"] == 2

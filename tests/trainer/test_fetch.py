@@ -12,14 +12,17 @@ from finetune_trainer.contract import ExitCode, StorageConfig
 from finetune_trainer.storage import ObjectStore
 
 
-def run_fetch(tmp_path: Path, object_store, items: list[dict]) -> tuple[int, str]:
+def run_fetch(tmp_path: Path, object_store, items: list[dict], **extra) -> tuple[int, str]:
+    """``finetune-trainer fetch`` as the init container runs it; ``extra`` are more FetchConfig fields."""
     credentials = tmp_path / "credentials"
     credentials.mkdir(exist_ok=True)
     (credentials / "accessKey").write_text(object_store.access_key)
     (credentials / "secretKey").write_text(object_store.secret_key)
     config = {"items": items, "storage": {"endpoint": object_store.endpoint, "secure": False, "credentialsDir": str(credentials)}}
+    config.update({"baseModel" if k == "base_model" else k: v for k, v in extra.items()})
     (tmp_path / "fetch.json").write_text(json.dumps(config))
     termination = tmp_path / "termination-log"
+    termination.unlink(missing_ok=True)
     result = subprocess.run(
         [sys.executable, "-m", "finetune_trainer.cli", "fetch", "--config", str(tmp_path / "fetch.json")],
         env={**os.environ, "FINETUNE_TERMINATION_LOG": str(termination)}, capture_output=True, text=True, timeout=60,

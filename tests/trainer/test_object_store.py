@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,8 +63,7 @@ def test_lora_job_reads_and_writes_the_object_store(tiny_model: Path, tmp_path: 
     manifest = store.download_artifact(f"{job}/model", adapter)  # verifies every file against the manifest
     assert manifest.kind == "adapter" and {f.path for f in manifest.files} >= {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json"}
 
-    # A second job continues the first one's adapter with a fresh optimizer, on a base model uploaded
-    # by hand (no manifest): accepted with a warning.
+    # A base model copied by hand (no manifest) is refused, as the serving fetch refuses it, with the fix named.
     for name in store.list(f"{bucket}/models/tiny"):
         if name != "manifest.json":
             store.write_bytes(f"{bucket}/models/by-hand/{name}", store.read_bytes(f"{bucket}/models/tiny/{name}"))
@@ -75,11 +76,29 @@ def test_lora_job_reads_and_writes_the_object_store(tiny_model: Path, tmp_path: 
         storage=storage,
         hyperparameters={"epochs": 1, "maxSteps": 1, "learningRate": 1e-9, "nCheckpoints": 0},
     )
-    result = TrainerRun(tmp_path / "run2", config2).run()
+    refused = TrainerRun(tmp_path / "run2", config2)
+    result = refused.run()
+    assert result.returncode == ExitCode.BAD_INPUT, result.stderr
+    assert refused.termination_log.read_text().startswith(
+        f"BaseModelNotFound: {bucket}/models/by-hand has no manifest.json: a folder is read only as a complete artifact"
+    )
+    assert f"finetune-trainer upload FOLDER {bucket}/models/by-hand" in refused.termination_log.read_text()
+
+    # `finetune-trainer upload` makes the folder an artifact; the second job then continues the first one's
+    # adapter with a fresh optimizer.
+    upload = subprocess.run(
+        [sys.executable, "-m", "finetune_trainer.cli", "upload", str(tiny_model), f"{bucket}/models/by-hand",
+         "--endpoint", storage["endpoint"], "--insecure", "--credentials-dir", storage["credentialsDir"]],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert upload.returncode == 0, upload.stderr
+    assert store.read_manifest(f"{bucket}/models/by-hand").kind == "model"
+    store.delete(f"{follow_up}/progress.json")
+    store.delete(f"{follow_up}/events.jsonl")
+    result = TrainerRun(tmp_path / "run3", config2).run()
     assert result.returncode == ExitCode.OK, result.stderr
     events = store.read_bytes(f"{follow_up}/events.jsonl").decode()
     assert f"Continuing from {job}/model" in events
-    assert "has no manifest.json; using its" in events
     continued = tmp_path / "continued"
     store.download_artifact(f"{follow_up}/model", continued)
     before, after = load_file(adapter / "adapter_model.safetensors"), load_file(continued / "adapter_model.safetensors")

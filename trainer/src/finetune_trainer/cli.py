@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("finetune_trainer.evaluate.run", "generate answers for a dataset and grade them"),
     "serve": ("finetune_trainer.serve.server", "serve a base model and LoRA adapters behind an OpenAI-compatible API"),
     "fetch": ("finetune_trainer.fetch", "download models and adapters (manifest checked) from the object store"),
+    "upload": ("finetune_trainer.upload", "upload a model or adapter folder to the object store, manifest last"),
+    "vllm-adapters": ("finetune_trainer.vllm_adapters", "load and unload a running vLLM server's LoRA adapters (sidecar)"),
 }
 
 

@@ -504,19 +504,59 @@ class ServeConfig(_Model):
     storage: StorageConfig | None = None
 
 
+VLLM_LORA_RANKS: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 320, 512)
+"""The values vLLM accepts for ``--max-lora-rank`` (it refuses to start with any other)."""
+
+
 class FetchItem(_Model):
     uri: str = Field(description="s3:// folder with a manifest.json (a model or an adapter)")
     dest: str = Field(description="local folder to download it into")
+    kind: Literal["model", "adapter"] = "model"
+    """What the folder holds: the base model (its config.json is checked against ``ServingLimits``) or a
+    LoRA adapter (its rank is checked against ``maxLoraRank``)."""
+
+
+class ServingLimits(_Model):
+    """What vLLM refuses at start, checked by the fetch before it starts: the same rules, said sooner."""
+
+    max_model_len: int = Field(ge=1)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    max_lora_rank: int | None = Field(default=None, ge=1)
 
 
 class FetchConfig(_Model):
     """``finetune-trainer fetch --config``: download complete artifacts (manifest checked) into local folders.
 
-    The vllm runtime's init container uses it to put the base model and the adapters on an emptyDir.
+    The vllm runtime's init container uses it to put the base model and the adapters on an emptyDir and
+    to check them against the endpoint's ``limits`` before vLLM starts. ``base_model`` names a base model
+    that is not fetched (``hf://...`` or a mounted ``pvc://`` folder): only its config.json is read.
     """
 
     contract_version: str = CONTRACT_VERSION
     items: list[FetchItem] = Field(default_factory=list)
+    base_model: str | None = None
+    base_model_token_file: str | None = None
+    limits: ServingLimits | None = None
+    storage: StorageConfig | None = None
+
+
+class VllmAdapter(_Model):
+    name: str = Field(description="the name clients send as `model`")
+    uri: str = Field(description="s3:// adapter folder with a manifest.json")
+    dest: str = Field(description="local folder vLLM loads it from")
+
+
+class VllmAdaptersConfig(_Model):
+    """``finetune-trainer vllm-adapters --config``: the adapters a vLLM server should serve, loaded and unloaded
+    at run time (vLLM's ``/v1/load_lora_adapter``) by a sidecar beside it. The list may change while it runs:
+    the sidecar rereads the file. Its state goes to ``state_file`` in the builtin server's ``/health`` shape."""
+
+    contract_version: str = CONTRACT_VERSION
+    adapters: list[VllmAdapter] = Field(default_factory=list)
+    server: str = "http://127.0.0.1:8000"
+    api_key_file: str | None = None
+    max_lora_rank: int | None = None
+    state_file: str
     storage: StorageConfig | None = None
 
 

@@ -32,6 +32,16 @@ class IncompleteArtifactError(StorageError):
     """A folder has no manifest.json, or its files do not match it."""
 
 
+def missing_manifest_message(uri: str, has_objects: bool) -> str:
+    """Why an s3:// model or adapter without ``manifest.json`` is refused, everywhere one is read."""
+    if not has_objects:
+        return f"{uri}: no such model (the prefix holds no objects)"
+    return (
+        f"{uri} has no {MANIFEST_FILE}: a folder is read only as a complete artifact (written last by this project's "
+        f"uploads); upload a folder copied by hand with `finetune-trainer upload FOLDER {uri}`"
+    )
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -280,7 +290,7 @@ class ObjectStore:
         """Download a complete artifact; refuse one without a manifest or with a file that does not match."""
         manifest = self.read_manifest(uri)
         if manifest is None:
-            raise IncompleteArtifactError(f"{uri} has no {MANIFEST_FILE}: the artifact is incomplete or does not exist")
+            raise IncompleteArtifactError(missing_manifest_message(uri, has_objects=True))
         folder = Path(folder)
         for entry in manifest.files:
             dest = folder / entry.path

@@ -17,6 +17,7 @@ from finetune_operator.api.common import (
     cel,
     conditions_field,
 )
+from finetune_trainer.contract import VLLM_LORA_RANKS
 
 KIND = "InferenceEndpoint"
 PLURAL = "inferenceendpoints"
@@ -27,6 +28,8 @@ Phase = Literal["Pending", "Deploying", "Ready", "Failed"]
 PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
 
 SERVED_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$"
+
+LoraRank = Literal[VLLM_LORA_RANKS]  # type: ignore[valid-type]
 
 
 class ConditionType:
@@ -128,11 +131,16 @@ class InferenceEndpointSpec(ApiModel):
     )
     max_model_len: int = Field(default=4096, ge=64, le=1048576, description="maxModelLen: prompt plus completion tokens per request. Default 4096.")
     max_loras: int = Field(default=8, ge=1, le=256, description="maxLoras in one batch (vllm --max-loras). Default 8.")
-    max_lora_rank: int = Field(default=64, ge=1, le=512, description="maxLoraRank (vllm --max-lora-rank). Default 64.")
+    max_lora_rank: LoraRank = Field(
+        default=64,
+        description="maxLoraRank: the largest LoRA rank (`r`) an adapter may have (vllm --max-lora-rank). One of "
+        f"{', '.join(map(str, VLLM_LORA_RANKS))}, the values vLLM accepts; an adapter of a higher rank is not served "
+        "(its status says so). Default 64.",
+    )
 
     crd_extra: ClassVar[dict[str, Any]] = {
         "x-kubernetes-validations": [
-            cel("self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))", "adapter names must be unique", field_path=".adapters"),
+            cel("!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))", "adapter names must be unique", field_path=".adapters"),
             cel("!has(self.runtime) || self.runtime != 'vllm' || (has(self.resources) && self.resources.gpus > 0)", "runtime vllm needs GPUs (resources.gpus > 0)", field_path=".runtime"),
         ]
     }

@@ -8,7 +8,8 @@ Two runtimes:
   server re-reads it and hot-loads or unloads adapters. The adapters are in the ConfigMap only: adding
   one changes the ConfigMap, never the pod template, so no pod restarts.
 * ``vllm``: the vLLM OpenAI server. An init container (trainer image, ``finetune-trainer fetch``) puts
-  the base model and the adapters from the object store on emptyDirs; the adapters are named on the
+  the base model and the adapters from the object store on emptyDirs and checks the spec against what
+  vLLM accepts for this model (context length, attention heads, adapter ranks); the adapters are named on the
   command line, and the pod template carries a hash of the adapter list, so a change rolls the
   Deployment (old pods serve until new ones are Ready). ``finetune_vllm_auth`` (from the ConfigMap,
   loaded with ``--middleware``) puts every route except ``/health`` and ``/metrics`` behind the API key.
@@ -47,6 +48,11 @@ MODELS_MOUNT = "/models"
 ADAPTERS_MOUNT = "/adapters"
 VLLM_BASE_DIR = f"{MODELS_MOUNT}/base"
 ADAPTERS_HASH_ANNOTATION = "finetune.dev/adapters-hash"
+ADAPTER_LOADING_LABEL = "finetune.dev/adapter-loading"
+"""``runtime`` on a vllm Deployment whose adapters a sidecar loads at run time (see ``build_server_children``)."""
+ADAPTERS_CONFIG_FILE = "adapters.json"
+ADAPTERS_CONTAINER = "adapters"
+ADAPTER_STATE_FILE = f"{ADAPTERS_MOUNT}/.state.json"
 AUTOSCALING_METRIC_ANNOTATION = "finetune.dev/autoscaling-metric"
 """On the InferenceEndpoint: ``cpu`` (default) or ``in-flight-requests`` (needs a custom metrics adapter)."""
 INFLIGHT_METRIC = "finetune_inflight_requests"
@@ -134,16 +140,56 @@ def serve_config(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAd
 
 
 def fetch_config(spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig) -> contract.FetchConfig:
-    """What the vllm runtime's init container downloads: an s3:// base model and every adapter."""
+    """What the vllm runtime's init container does before vLLM starts: download an s3:// base model and every
+    adapter, then check the base model's config.json and the adapters' ranks against what vLLM accepts with
+    this spec (``maxModelLen``, the GPUs as tensor parallel size, ``maxLoraRank``). A base model that is not
+    downloaded has only its config.json read: from the mounted claim (pvc://) or the Hub (hf://)."""
+    base = spec.base_model.uri
     items = []
-    if spec.base_model.uri.startswith("s3://"):
-        items.append(contract.FetchItem(uri=spec.base_model.uri, dest=VLLM_BASE_DIR))
-    items += [contract.FetchItem(uri=a.uri, dest=adapter_dir(a.name)) for a in adapters]
-    return contract.FetchConfig(items=items, storage=_storage(config))
+    base_model = None
+    if base.startswith("s3://"):
+        items.append(contract.FetchItem(uri=base, dest=VLLM_BASE_DIR, kind="model"))
+    elif base.startswith("pvc://"):
+        base_model = pvc_path(base, config)[1]
+    else:
+        base_model = base
+    items += [contract.FetchItem(uri=a.uri, dest=adapter_dir(a.name), kind="adapter") for a in adapters]
+    token_file = None
+    if spec.base_model.secret_ref is not None and base.startswith("hf://"):
+        token_file = f"{TOKEN_MOUNT}/{spec.base_model.secret_ref.key or 'token'}"
+    limits = contract.ServingLimits(
+        max_model_len=spec.max_model_len, tensor_parallel_size=max(1, spec.resources.gpus), max_lora_rank=spec.max_lora_rank
+    )
+    return contract.FetchConfig(
+        items=items, base_model=base_model, base_model_token_file=token_file, limits=limits, storage=_storage(config)
+    )
 
 
-def vllm_args(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig) -> list[str]:
-    """The vLLM OpenAI server's arguments (after ``python3 -m vllm.entrypoints.openai.api_server``)."""
+def vllm_env() -> list[dict[str, Any]]:
+    """What vLLM needs to start as an arbitrary UID on a read-only root filesystem.
+
+    The pod's UID has no passwd entry in the vLLM image, so ``getpass.getuser()`` (torch inductor's cache
+    directory, called while vLLM compiles the model) raises ``KeyError`` unless ``USER``/``LOGNAME`` say who
+    it is; the caches go to the writable cache emptyDir.
+    """
+    cache = "/var/cache/finetune"
+    return [
+        {"name": "USER", "value": "finetune"},
+        {"name": "LOGNAME", "value": "finetune"},
+        {"name": "XDG_CACHE_HOME", "value": cache},
+        {"name": "VLLM_CACHE_ROOT", "value": f"{cache}/vllm"},
+        {"name": "TORCHINDUCTOR_CACHE_DIR", "value": f"{cache}/torchinductor"},
+        {"name": "TRITON_CACHE_DIR", "value": f"{cache}/triton"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    ]
+
+
+def vllm_args(
+    name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig, runtime_lora_loading: bool = False
+) -> list[str]:
+    """The vLLM OpenAI server's arguments (after ``python3 -m vllm.entrypoints.openai.api_server``).
+
+    With adapters loaded at run time none is named here, and vLLM also listens on loopback for the sidecar."""
     base = spec.base_model.uri
     revision = None
     if base.startswith("s3://"):
@@ -157,7 +203,7 @@ def vllm_args(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapt
         args += ["--revision", revision]
     args += [
         "--served-model-name", served_model_name(name, spec),
-        "--host=$(POD_IP)",
+        "--host=0.0.0.0" if runtime_lora_loading else "--host=$(POD_IP)",
         "--port", str(PORT),
         "--max-model-len", str(spec.max_model_len),
         "--enable-lora",
@@ -166,16 +212,35 @@ def vllm_args(name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapt
     ]  # fmt: skip
     if spec.resources.gpus > 1:
         args += ["--tensor-parallel-size", str(spec.resources.gpus)]
-    if adapters:
+    if adapters and not runtime_lora_loading:
         args += ["--lora-modules", *[f"{a.name}={adapter_dir(a.name)}" for a in adapters]]
     args += ["--middleware", f"{AUTH_MODULE}.RequireApiKey", "--disable-uvicorn-access-log"]
     return args
 
 
+def vllm_adapters_config(spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig) -> contract.VllmAdaptersConfig:
+    """What the adapter sidecar keeps loaded in vLLM (``finetune-trainer vllm-adapters``)."""
+    return contract.VllmAdaptersConfig(
+        adapters=[contract.VllmAdapter(name=a.name, uri=a.uri, dest=adapter_dir(a.name)) for a in adapters],
+        server=f"http://127.0.0.1:{PORT}",
+        api_key_file=api_key_file(spec),
+        max_lora_rank=spec.max_lora_rank,
+        state_file=ADAPTER_STATE_FILE,
+        storage=_storage(config),
+    )
+
+
 def build_server_children(
-    owner: dict, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig
+    owner: dict, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig, runtime_lora_loading: bool = False
 ) -> list[dict]:
-    """[ConfigMap, Deployment, Service, (HorizontalPodAutoscaler)] in creation order."""
+    """[ConfigMap, Deployment, Service, (HorizontalPodAutoscaler)] in creation order.
+
+    ``runtime_lora_loading`` (vllm): the adapters are not part of the pod template but of the ConfigMap, and a
+    sidecar (``finetune-trainer vllm-adapters``) loads and unloads them in the running vLLM server, as the
+    builtin server does itself: an adapter change restarts no pod, so it needs no spare GPUs. The pod's
+    ``/health`` then reports each adapter's state like the builtin server's, and the Deployment carries the
+    label ``finetune.dev/adapter-loading: runtime``; the status must be read from there, not from the rollout.
+    """
     meta = owner["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     owner_ref = {
@@ -187,10 +252,12 @@ def build_server_children(
         "blockOwnerDeletion": True,
     }
     runtime = effective_runtime(spec)
-    labels = common.labels(COMPONENT, KIND_LABEL, name, {"finetune.dev/runtime": runtime})
+    at_run_time = runtime_lora_loading and runtime == "vllm"
+    extra = {"finetune.dev/runtime": runtime, **({ADAPTER_LOADING_LABEL: "runtime"} if at_run_time else {})}
+    labels = common.labels(COMPONENT, KIND_LABEL, name, extra)
     child = child_name(name)
-    children = [build_config_map(owner_ref, name, namespace, spec, adapters, config, labels, runtime)]
-    children.append(build_deployment(owner_ref, name, namespace, spec, adapters, config, labels, runtime))
+    children = [build_config_map(owner_ref, name, namespace, spec, adapters, config, labels, runtime, at_run_time)]
+    children.append(build_deployment(owner_ref, name, namespace, spec, adapters, config, labels, runtime, at_run_time))
     children.append(build_service(owner_ref, name, namespace, labels))
     if spec.replicas.min < spec.replicas.max:
         metric = (meta.get("annotations") or {}).get(AUTOSCALING_METRIC_ANNOTATION, "cpu")
@@ -200,10 +267,16 @@ def build_server_children(
 
 def build_config_map(
     owner_ref: dict, name: str, namespace: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter],
-    config: OperatorConfig, labels: dict[str, str], runtime: str,
+    config: OperatorConfig, labels: dict[str, str], runtime: str, runtime_lora_loading: bool = False,
 ) -> dict:  # fmt: skip
     if runtime == "builtin":
         data = {SERVE_CONFIG_FILE: serve_config(name, spec, adapters, config).to_json()}
+    elif runtime_lora_loading:
+        data = {
+            FETCH_CONFIG_FILE: fetch_config(spec, [], config).to_json(),
+            ADAPTERS_CONFIG_FILE: vllm_adapters_config(spec, adapters, config).to_json(),
+            f"{AUTH_MODULE}.py": inspect.getsource(vllm_auth),
+        }
     else:
         data = {FETCH_CONFIG_FILE: fetch_config(spec, adapters, config).to_json(), f"{AUTH_MODULE}.py": inspect.getsource(vllm_auth)}
     return {
@@ -225,7 +298,7 @@ def _probe(path: str, period: int, failure_threshold: int, timeout: int = 2) -> 
 
 def build_deployment(
     owner_ref: dict, name: str, namespace: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter],
-    config: OperatorConfig, labels: dict[str, str], runtime: str,
+    config: OperatorConfig, labels: dict[str, str], runtime: str, runtime_lora_loading: bool = False,
 ) -> dict:  # fmt: skip
     child = child_name(name)
     scratch_vols, scratch_mounts = common.scratch_volumes()
@@ -248,6 +321,7 @@ def build_deployment(
     resources = common.resources(config, spec.resources.gpus, spec.resources.cpu, spec.resources.memory)
     annotations = {"prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
     init_containers: list[dict] = []
+    sidecars: list[dict] = []
 
     if runtime == "builtin":
         # The storage credentials are mounted whatever the spec says now: an s3:// adapter added later
@@ -266,7 +340,7 @@ def build_deployment(
     else:
         volumes += [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}}]
         data_mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "adapters", "mountPath": ADAPTERS_MOUNT}]
-        env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+        env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, *vllm_env()]
         if spec.api_key_secret_ref is not None:
             env.append({"name": vllm_auth.API_KEY_FILE_ENV, "value": api_key_file(spec)})
         # The auth module sits in the ConfigMap next to fetch.json; PYTHONPATH points at it.
@@ -274,30 +348,43 @@ def build_deployment(
             {"key": FETCH_CONFIG_FILE, "path": FETCH_CONFIG_FILE},
             {"key": f"{AUTH_MODULE}.py", "path": f"python/{AUTH_MODULE}.py"},
         ]
-        fetch = fetch_config(spec, adapters, config)
-        if fetch.items:
+        if runtime_lora_loading:
+            volumes[0]["configMap"]["items"].append({"key": ADAPTERS_CONFIG_FILE, "path": ADAPTERS_CONFIG_FILE})
+            env += [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}, {"name": vllm_auth.STATE_FILE_ENV, "value": ADAPTER_STATE_FILE}]
+        # The fetch always runs: it downloads what the object store holds and checks the spec against the
+        # model (context length, attention heads, adapter ranks) before vLLM would refuse it.
+        fetch = fetch_config(spec, [] if runtime_lora_loading else adapters, config)
+        fetch_mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *scratch_mounts, *data_mounts]
+        if fetch.items or runtime_lora_loading:
             volumes.append(storage_vol)
-            init_containers.append(
-                {
-                    "name": FETCH_CONTAINER,
-                    "image": config.trainer_image,
-                    "imagePullPolicy": config.image_pull_policy,
-                    "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
-                    "env": common.base_env(),
-                    "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
-                    "securityContext": common.container_security_context(),
-                    "volumeMounts": [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, storage_mount, *scratch_mounts, *data_mounts],
-                    "terminationMessagePath": common.TERMINATION_LOG,
-                    "terminationMessagePolicy": "FallbackToLogsOnError",
-                }
-            )
+        if fetch.items:
+            fetch_mounts.append(storage_mount)
+        fetch_mounts += [m for m in mounts if m["name"] in ("base-model-token", "base-model-pvc")]
+        init_containers.append(
+            {
+                "name": FETCH_CONTAINER,
+                "image": config.trainer_image,
+                "imagePullPolicy": config.image_pull_policy,
+                "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
+                "env": common.base_env(),
+                "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
+                "securityContext": common.container_security_context(),
+                "volumeMounts": fetch_mounts,
+                "terminationMessagePath": common.TERMINATION_LOG,
+                "terminationMessagePolicy": "FallbackToLogsOnError",
+            }
+        )
         mounts += data_mounts
-        annotations[ADAPTERS_HASH_ANNOTATION] = adapters_hash(adapters)
+        if runtime_lora_loading:
+            # The adapter list lives in the ConfigMap only: a change restarts no pod (no spare GPUs needed).
+            sidecars.append(_adapters_sidecar(spec, config, storage_mount, scratch_mounts, mounts))
+        else:
+            annotations[ADAPTERS_HASH_ANNOTATION] = adapters_hash(adapters)
         container = {
             "name": CONTAINER,
             "image": config.vllm_image,
             "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-            "args": vllm_args(name, spec, adapters, config),
+            "args": vllm_args(name, spec, adapters, config, runtime_lora_loading),
             "readinessProbe": _probe("/health", period=5, failure_threshold=2),
             "livenessProbe": _probe("/health", period=10, failure_threshold=3, timeout=5),
             # Loading weights onto GPUs takes minutes: liveness starts once /health first answers (30 min at most).
@@ -320,7 +407,7 @@ def build_deployment(
         "enableServiceLinks": False,
         "securityContext": common.pod_security_context(),
         "terminationGracePeriodSeconds": DRAIN_SECONDS + 5,
-        "containers": [container],
+        "containers": [container, *sidecars],
         "volumes": volumes,
         **common.gpu_placement(config, spec.resources.gpu_type, spec.resources.gpus),
     }
@@ -338,6 +425,23 @@ def build_deployment(
         "kind": "Deployment",
         "metadata": {"name": child, "namespace": namespace, "labels": labels, "ownerReferences": [owner_ref]},
         "spec": deployment_spec,
+    }
+
+
+def _adapters_sidecar(spec: InferenceEndpointSpec, config: OperatorConfig, storage_mount: dict, scratch_mounts: list[dict], mounts: list[dict]) -> dict:
+    """``finetune-trainer vllm-adapters`` beside vLLM: it downloads, checks, loads and unloads the adapters."""
+    shared = [m for m in mounts if m["name"] in ("config", "adapters", "api-key")]
+    return {
+        "name": ADAPTERS_CONTAINER,
+        "image": config.trainer_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": ["finetune-trainer", "vllm-adapters", "--config", f"{common.CONFIG_MOUNT}/{ADAPTERS_CONFIG_FILE}"],
+        "env": common.base_env(),
+        "resources": common.resources(config, 0, "500m", "1Gi"),
+        "securityContext": common.container_security_context(),
+        "volumeMounts": [*shared, storage_mount, *[m for m in scratch_mounts if m["name"] != "dshm"]],
+        "terminationMessagePath": common.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
 
 

@@ -10,6 +10,11 @@ Secret), compared in constant time and never logged. Without that variable the A
 looked at again at most once a second: a rotated Secret (the kubelet swaps the file) takes effect without
 a restart, and an empty or unreadable new file keeps the key in force.
 
+vLLM's adapter routes (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``) answer only requests from
+the pod itself (loopback: the adapter sidecar), whatever key a client sends: clients do not manage the
+server's adapters. With ``FINETUNE_ADAPTER_STATE_FILE`` set (adapters loaded at run time), ``GET /health``
+answers vLLM's status with that file's content, the adapters' states in the builtin server's shape.
+
 The module uses the standard library only: it runs inside the vLLM image.
 """
 
@@ -21,8 +26,13 @@ import os
 import time
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/ping"})
+ADMIN_PATHS = frozenset({"/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 API_KEY_FILE_ENV = "FINETUNE_API_KEY_FILE"
+STATE_FILE_ENV = "FINETUNE_ADAPTER_STATE_FILE"
 RECHECK_SECONDS = 1.0
+DRAIN_LIMIT = 1 << 20
+"""Bytes of a refused request's body read (and dropped) before the 401; a larger body's connection is closed."""
 
 
 def _read_key() -> bytes | None:
@@ -73,14 +83,20 @@ class RequireApiKey:
             self.api_key = key
 
     async def __call__(self, scope, receive, send) -> None:
-        if self.api_key is None or scope.get("type") not in ("http", "websocket") or scope.get("method") == "OPTIONS":
+        if scope.get("type") not in ("http", "websocket") or scope.get("method") == "OPTIONS":
             await self.app(scope, receive, send)
             return
         path = scope.get("path", "")
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if path in PUBLIC_PATHS:
+        if path in ADMIN_PATHS and (scope.get("client") or ("",))[0] not in LOOPBACK:
+            await _refuse(scope, receive, send, 403, "Adapters are managed by the endpoint's spec, not through the API.", "forbidden")
+            return
+        if path == "/health" and scope.get("method") == "GET" and os.environ.get(STATE_FILE_ENV):
+            await _health_with_adapters(self.app, scope, receive, send, os.environ[STATE_FILE_ENV])
+            return
+        if self.api_key is None or path in PUBLIC_PATHS:
             await self.app(scope, receive, send)
             return
         self._refresh()
@@ -94,14 +110,56 @@ class RequireApiKey:
         if token and hmac.compare_digest(token, self.api_key):
             await self.app(scope, receive, send)
             return
-        await _unauthorized(scope, send, provided=bool(token))
+        await _unauthorized(scope, receive, send, provided=bool(token))
 
 
-async def _unauthorized(scope, send, provided: bool) -> None:
+async def _drain(receive) -> None:
+    """Read the request's body before answering: a server that closes the connection with body bytes still
+    unread makes the kernel reset it, and the client sees "connection reset" instead of the 401."""
+    seen = 0
+    while seen <= DRAIN_LIMIT:
+        message = await receive()
+        if message.get("type") != "http.request":
+            return
+        seen += len(message.get("body") or b"")
+        if not message.get("more_body"):
+            return
+
+
+async def _unauthorized(scope, receive, send, provided: bool) -> None:
     message = "Incorrect API key provided." if provided else "You didn't provide an API key. Send it as `Authorization: Bearer <key>`."
-    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}).encode()
+    await _refuse(scope, receive, send, 401, message, "invalid_api_key")
+
+
+async def _refuse(scope, receive, send, status: int, message: str, code: str) -> None:
+    body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}).encode()
     if scope.get("type") == "websocket":
         await send({"type": "websocket.close", "code": 1008})
         return
-    await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+    await _drain(receive)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _health_with_adapters(app, scope, receive, send, state_file: str) -> None:
+    """vLLM's own /health status, with the adapter sidecar's state as the body (what the operator reads)."""
+    answer = {"status": 500}
+
+    async def keep_status(message) -> None:
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+
+    await app(scope, receive, keep_status)
+    try:
+        with open(state_file, "rb") as handle:
+            state = json.loads(handle.read() or b"{}")
+    except (OSError, ValueError):
+        state = {}
+    adapters = state.get("adapters") if isinstance(state, dict) else None
+    body = json.dumps({"status": "ok" if answer["status"] == 200 else "unavailable", "adapters": adapters or []}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": answer["status"], "headers": headers})
     await send({"type": "http.response.body", "body": body})

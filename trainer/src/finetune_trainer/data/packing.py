@@ -3,8 +3,8 @@
 Packing puts several examples into one row of at most ``maxSeqLength`` tokens (best-fit decreasing, so
 rows come out nearly full). Each example keeps its own ``position_ids`` starting at 0, and no attention
 mask is passed: transformers (5.x) then reads example boundaries from the position ids and builds a
-block-diagonal causal mask for ``sdpa``/``eager``/``flex`` attention, and ``cu_seqlens`` for
-``flash_attention_2``, so packed examples never attend to each other (``tests/trainer`` proves the
+block-diagonal causal mask for ``sdpa``/``eager``/``flex`` attention, so packed examples never attend to
+each other (``tests/trainer`` proves the
 per-example losses are the same packed and unpacked). Padding at the end of a row gets its own
 position ids from 0, so it is a separate block that no real token can see.
 

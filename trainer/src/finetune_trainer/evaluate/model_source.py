@@ -1,8 +1,8 @@
 """Where a model to load directly lives: a local folder for every URI scheme the spec allows.
 
 * a local path or ``file://`` path: used in place;
-* ``s3://bucket/prefix``: an artifact with a ``manifest.json`` is downloaded and verified; a folder
-  without one (a model uploaded by hand) is downloaded object by object, unverified, with a warning;
+* ``s3://bucket/prefix``: an artifact with a ``manifest.json``, downloaded and verified; a folder without
+  one (copied by hand) is refused, as training and serving refuse it (``finetune-trainer upload`` fixes it);
 * ``hf://org/name[@revision]``: a Hugging Face Hub snapshot (the hub's cache and ``HF_TOKEN`` apply;
   with ``HF_HUB_OFFLINE=1`` only what is cached);
 * ``pvc://claim/path``: the operator mounts the claim at ``/models/<claim>`` (the root can be moved
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from finetune_trainer.contract import MANIFEST_FILE
 from finetune_trainer.evaluate.errors import BadInput
-from finetune_trainer.storage import IncompleteArtifactError, ObjectStore, StorageError, is_s3, local_path
+from finetune_trainer.storage import IncompleteArtifactError, ObjectStore, StorageError, is_s3, local_path, missing_manifest_message
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +31,9 @@ def resolve_model_folder(uri: str, store: ObjectStore, workdir: Path, what: str 
     if is_s3(uri):
         dest = Path(workdir) / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
         try:
-            if store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
-                return store.fetch_folder(uri, dest)
-            names = [name for name in store.list(uri) if name]
-            if not names:
-                raise BadInput("ModelNotFound", f"{what} {uri}: the prefix holds no objects")
-            log.warning("%s %s has no %s; using its %d files without verification", what, uri, MANIFEST_FILE, len(names))
-            for name in names:
-                store.download_file(f"{uri.rstrip('/')}/{name}", dest / name)
-            return dest
+            if not store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
+                raise BadInput("ModelNotFound", f"{what} {missing_manifest_message(uri, bool([n for n in store.list(uri) if n]))}")
+            return store.fetch_folder(uri, dest)
         except IncompleteArtifactError as e:
             raise BadInput("ModelNotFound", f"{what} {uri}: {e}") from None
         except StorageError as e:

@@ -1,8 +1,8 @@
 """Attention for packed rows on CPU: causal attention inside each example, nothing across them.
 
 transformers builds a block-diagonal causal mask from packed ``position_ids`` for ``sdpa``, which is
-correct but makes every row cost a full ``L x L`` attention however short its examples are. On GPUs
-``flash_attention_2`` avoids that with ``cu_seqlens``; on CPU this module registers ``packed_sdpa``: it
+correct but makes every row cost a full ``L x L`` attention however short its examples are. GPUs use
+transformers' ``sdpa`` as it is (fast enough there); on CPU this module registers ``packed_sdpa``: it
 finds the examples of each row from the position ids (a new example starts where the position does not
 follow the previous one) and runs PyTorch's causal SDPA on each example alone, so a row costs the sum of
 its examples' squared lengths. With no position ids, or with a mask (generation), it is plain ``sdpa``.

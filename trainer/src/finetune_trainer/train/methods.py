@@ -4,9 +4,8 @@ Base model URIs:
 
 * ``hf://org/name[@revision]``: downloaded with ``huggingface_hub.snapshot_download`` (token read from
   ``baseModelTokenFile``; weights, config and tokenizer files only);
-* ``s3://bucket/prefix``: an artifact with a ``manifest.json`` is downloaded and verified; a plain folder
-  without one (a model uploaded by hand) is accepted too, downloaded object by object without verification,
-  and a warning event says so;
+* ``s3://bucket/prefix``: an artifact with a ``manifest.json``, downloaded and verified. A folder without
+  one (copied by hand) is refused, as serving refuses it: ``finetune-trainer upload`` makes it an artifact;
 * ``pvc://claim/path``: the operator mounts the claim at ``/models/<claim>``, so this is the local folder
   ``/models/<claim>/<path>`` (the root can be moved with ``FINETUNE_PVC_ROOT``);
 * anything else: a local folder.
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from finetune_trainer.contract import MANIFEST_FILE, TrainerConfig
-from finetune_trainer.storage import ObjectStore, StorageError, is_s3
+from finetune_trainer.storage import IncompleteArtifactError, ObjectStore, StorageError, is_s3, missing_manifest_message
 from finetune_trainer.train.errors import TrainerFailure, bad_input
 
 PVC_ROOT_ENV = "FINETUNE_PVC_ROOT"
@@ -64,12 +63,36 @@ def plan_device(config: TrainerConfig, local_rank: int) -> DevicePlan:
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     precision = config.precision
     if precision == "auto":
-        precision = "bf16" if use_cuda and torch.cuda.is_bf16_supported() else "fp32"
+        precision = ("bf16" if native_bf16() else "fp16") if use_cuda else "fp32"
     if precision == "fp16" and not use_cuda:
         raise bad_input("ImpossibleConfig", "precision fp16 needs a GPU; use fp32 or bf16 on CPU")
-    if precision == "bf16" and use_cuda and not torch.cuda.is_bf16_supported():
-        raise bad_input("ImpossibleConfig", "precision bf16 is not supported by this GPU; use fp16 or auto")
+    if precision == "bf16" and use_cuda and not native_bf16():
+        raise bad_input("ImpossibleConfig", "precision bf16 is not supported by this GPU (compute capability below 8.0); use fp16 or auto")
     return DevicePlan(device, precision)
+
+
+def native_bf16() -> bool:
+    """bf16 in the GPU's hardware (compute capability 8.0 and up: A100, L4, H100...).
+
+    ``torch.cuda.is_bf16_supported()`` alone also counts bf16 emulated in software, as on a V100 or a T4,
+    where it is many times slower than fp16: ``precision: auto`` picks fp16 (with loss scaling) there.
+    """
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+def grad_scaler(precision: str, sharded: bool, device: torch.device) -> Any:
+    """The loss scaler fp16 training needs (None otherwise).
+
+    Sharded parameters (FSDP) need ``ShardedGradScaler``: each process sees only its shard's gradients, so
+    whether any gradient overflowed must be agreed on by all processes, or some would step and others skip.
+    """
+    if precision != "fp16":
+        return None
+    if sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        return ShardedGradScaler(device.type)
+    return torch.amp.GradScaler(device.type)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -85,23 +108,18 @@ def pvc_path(uri: str) -> Path:
     return Path(os.environ.get(PVC_ROOT_ENV, DEFAULT_PVC_ROOT)) / claim / sub
 
 
-def fetch_model_folder(uri: str, store: ObjectStore, dest: Path, token_file: str | None = None, warn: Any = None) -> Path:
-    """A local folder with the model (or adapter) at ``uri``; ``warn(message)`` is told about unverified folders."""
+def fetch_model_folder(uri: str, store: ObjectStore, dest: Path, token_file: str | None = None) -> Path:
+    """A local folder with the model (or adapter) at ``uri``."""
     if uri.startswith("hf://"):
         return _fetch_hf(uri, dest, token_file)
     if is_s3(uri):
         try:
-            if store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
-                store.download_artifact(uri, dest)
-                return dest
-            names = [n for n in store.list(uri) if n]
-            if not names:
-                raise bad_input("BaseModelNotFound", f"{uri}: no such model (the prefix holds no objects)")
-            if warn is not None:
-                warn(f"{uri} has no {MANIFEST_FILE}; using its {len(names)} files without verification")
-            for name in names:
-                store.download_file(f"{uri.rstrip('/')}/{name}", dest / name)
+            if not store.exists(f"{uri.rstrip('/')}/{MANIFEST_FILE}"):
+                raise bad_input("BaseModelNotFound", missing_manifest_message(uri, bool([n for n in store.list(uri) if n])))
+            store.download_artifact(uri, dest)
             return dest
+        except IncompleteArtifactError as e:
+            raise bad_input("BaseModelNotFound", str(e)) from None
         except StorageError as e:
             raise TrainerFailure("StorageError", f"cannot download {uri}: {e}") from None
     path = pvc_path(uri) if uri.startswith("pvc://") else Path(uri[len("file://") :] if uri.startswith("file://") else uri)
@@ -188,18 +206,15 @@ def load_causal_lm(folder: Path, config: TrainerConfig, plan: DevicePlan) -> nn.
 
 
 def attention_implementation(plan: DevicePlan) -> str:
-    """Attention that keeps packed examples apart at the cost of their own lengths only.
+    """Attention that keeps packed examples apart.
 
-    GPU: ``flash_attention_2`` (varlen, from the position ids) when the flash-attn package is there, else
-    ``sdpa`` with transformers' block-diagonal mask. CPU: ``packed_sdpa`` (see ``train/attention.py``).
+    GPU: ``sdpa``, with the block-diagonal causal mask transformers builds from the packed position ids
+    (correct at any batch size and in any precision). Not ``flash_attention_2``: transformers derives its
+    varlen boundaries from position ids only for a single row, so at batch size > 1 attention would cross
+    packed examples, and flash-attn refuses fp32. CPU: ``packed_sdpa`` (see ``train/attention.py``).
     """
     if plan.device.type == "cuda":
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            return "sdpa"
+        return "sdpa"
     from finetune_trainer.train.attention import PACKED_SDPA
 
     return PACKED_SDPA

@@ -6,8 +6,8 @@ One class, read top to bottom: ``setup`` (device, base model, data, model, optim
 code. Only the process of rank 0 writes to the object store.
 
 Multi-process: LoRA and QLoRA use DDP; full fine-tuning on more than one process shards parameters,
-gradients and optimizer state with FSDP (``fully_shard`` per decoder layer). See ``distributed.py``
-for how the processes are started.
+gradients and optimizer state with FSDP (``fully_shard`` per decoder layer), the model built on the meta
+device and filled from rank 0 (``sharded.py``). See ``distributed.py`` for how the processes are started.
 """
 
 from __future__ import annotations
@@ -80,8 +80,13 @@ def run_command(argv: list[str]) -> int:
     from finetune_trainer.train import distributed
 
     if not distributed.is_worker():
-        nproc = config.num_gpus if config.num_gpus > 1 else int(os.environ.get("NPROC_PER_NODE", "1"))
-        if nproc > 1:
+        try:
+            workers = distributed.worker_environments(os.environ, config.num_gpus)
+        except ValueError as e:
+            log.error("%s", e)
+            write_termination_message("InvalidConfig", str(e))
+            return int(ExitCode.BAD_INPUT)
+        if len(workers) > 1:
             from finetune_trainer.train.errors import TrainerFailure
             from finetune_trainer.train.methods import plan_device
 
@@ -91,7 +96,10 @@ def run_command(argv: list[str]) -> int:
                 log.error("%s", f.message)
                 FineTuneRecipe.report_early_failure(config, f.reason, f.message, int(f.exit_code))
                 return int(f.exit_code)
-            return distributed.launch_workers(argv, nproc)
+            return distributed.launch_workers(argv, workers)
+        if workers:  # this node's one process of a job on several nodes: it is that worker itself
+            os.environ.update(workers[0])
+            _setup_logging()
     return FineTuneRecipe(config).run()
 
 
@@ -121,6 +129,7 @@ def _setup_logging() -> None:
         level=logging.INFO if rank == 0 else logging.WARNING,
         format=f"%(asctime)s %(levelname)s {prefix}%(message)s",
         stream=sys.stderr,
+        force=True,  # again once this process knows its rank
     )
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -168,6 +177,9 @@ class FineTuneRecipe:
         self.work_dir, self.own_work_dir = self._work_dir()
         self.last_checkpoint_step: int | None = None
         self.succeeded = False
+        self.peer_lost = False
+        self.uploaded_model: Any = None
+        """The output model's manifest when an earlier attempt of this job already uploaded it."""
 
     # -- failures ---------------------------------------------------------------------------------
     @staticmethod
@@ -191,8 +203,11 @@ class FineTuneRecipe:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM,)}
         try:
             self.setup()
-            self.train()
-            self.upload()
+            if self.uploaded_model is not None:
+                self.finish_uploaded()
+            else:
+                self.train()
+                self.upload()
             self.succeeded = True
             return int(ExitCode.OK)
         except Preempted:
@@ -211,8 +226,20 @@ class FineTuneRecipe:
             )
         except StorageError as e:
             return self._fail("StorageError", str(e), ExitCode.RETRYABLE)
-        except Exception as e:  # a bug: keep the traceback
-            log.exception("training failed")
+        except Exception as e:
+            from finetune_trainer.train import distributed as dist_
+
+            if self.env.distributed and dist_.is_collective_failure(e):
+                self.peer_lost = True  # no orderly teardown of the group: its peer is gone
+                seconds = int(dist_.collective_timeout().total_seconds())
+                where = f"checkpoint step {self.last_checkpoint_step}" if self.last_checkpoint_step else "the start"
+                return self._fail(
+                    "CollectiveTimeout",
+                    f"another process of this job stopped answering within {seconds} s ({type(e).__name__}: {str(e)[:200]}); "
+                    f"a lost or replaced pod cannot rejoin a running job, so every pod restarts and resumes from {where}",
+                    ExitCode.RETRYABLE,
+                )
+            log.exception("training failed")  # a bug: keep the traceback
             return self._fail("InternalError", f"{type(e).__name__}: {e}", ExitCode.RETRYABLE)
         finally:
             for s, handler in previous.items():
@@ -287,6 +314,11 @@ class FineTuneRecipe:
             self.reporter.resume_from(self.store.read_json(join_uri(config.output_uri, "progress.json")))
             self.reporter.update(reason=None, message=None, exit_code=None)
         self.reporter.start()
+        # An earlier attempt trained and uploaded the model (and died after, e.g. merging): nothing to train again.
+        uploaded = self.store.read_manifest(join_uri(config.output_uri, MODEL_DIR)) if env.is_main else None
+        self.uploaded_model = dist_.all_gather_objects(uploaded)[0]
+        if self.uploaded_model is not None:
+            return
         self.reporter.event("Fine-tuning job started", reason="JobStarted")
         self.reporter.phase("downloading")
         if config.merge and config.method == "full":
@@ -318,6 +350,7 @@ class FineTuneRecipe:
         self._setup_optimizer()
         if self.resume_folder is not None:
             self._load_training_state(self.resume_folder)
+        dist_.training()  # set up: from here a process that stops answering fails the others soon
 
     def _fetch(self, uri: str, name: str, token_file: str | None = None) -> Path:
         """A model/checkpoint folder, downloaded once per node (local rank 0) when remote."""
@@ -334,7 +367,7 @@ class FineTuneRecipe:
             if dest.exists():
                 shutil.rmtree(dest)
             try:
-                result = fetch_model_folder(uri, self.store, dest, token_file, warn=lambda m: self.reporter.event(m, warning=True))
+                result = fetch_model_folder(uri, self.store, dest, token_file)
             except Exception as e:  # re-raised below, after the other processes were told
                 error = e
         failed = dist_.any_process(error is not None, self.device)
@@ -428,28 +461,27 @@ class FineTuneRecipe:
         config, hp, env = self.config, self.hp, self.env
         torch.manual_seed(hp.seed)
         random.seed(hp.seed)
-        if config.method == "full":
-            folder = self.init_weights_folder or self.base_folder
-            self.lm = load_causal_lm(folder, config, self.plan)
-        else:
-            base = load_causal_lm(self.base_folder, config, self.plan)
-            self.lm = apply_lora(base, config, self.init_weights_folder)
-            if config.method == "lora":
-                self.lm.to(self.device)
-        if hp.gradient_checkpointing:
-            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        trainable, total = count_parameters(self.lm)
-        log.info("model: %s parameters, %s trainable (%s)", f"{total:,}", f"{trainable:,}", config.method)
-        self.module = CausalLMLoss(self.lm)
         self.fsdp = config.method == "full" and env.distributed
         if self.fsdp:
-            from torch.distributed.fsdp import fully_shard
+            # Built on the meta device, sharded, then filled from rank 0's read of the checkpoint: no process
+            # ever holds the whole model (train/sharded.py).
+            from finetune_trainer.train.sharded import build_sharded_model
 
-            layer_classes = set(getattr(self._causal_lm(), "_no_split_modules", None) or [])
-            for sub in self.module.modules():
-                if type(sub).__name__ in layer_classes:
-                    fully_shard(sub)
-            fully_shard(self.module)
+            self.lm, self.module = build_sharded_model(self.init_weights_folder or self.base_folder, config, self.plan, env.rank)
+        else:
+            if config.method == "full":
+                self.lm = load_causal_lm(self.init_weights_folder or self.base_folder, config, self.plan)
+            else:
+                base = load_causal_lm(self.base_folder, config, self.plan)
+                self.lm = apply_lora(base, config, self.init_weights_folder)
+                if config.method == "lora":
+                    self.lm.to(self.device)
+            if hp.gradient_checkpointing:
+                self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.module = CausalLMLoss(self.lm)
+        trainable, total = count_parameters(self.lm)
+        log.info("model: %s parameters, %s trainable (%s)", f"{total:,}", f"{trainable:,}", config.method)
+        if self.fsdp:
             self.model = self.module
         elif env.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -478,6 +510,8 @@ class FineTuneRecipe:
         import torch
         from transformers import get_scheduler
 
+        from finetune_trainer.train.methods import grad_scaler
+
         hp = self.hp
         params = [p for p in self.module.parameters() if p.requires_grad]
         lr = hp.effective_learning_rate(self.config.method)
@@ -486,7 +520,7 @@ class FineTuneRecipe:
         warmup = math.ceil(self.total_steps * hp.warmup_ratio)
         name = {"constant": "constant_with_warmup"}.get(hp.lr_scheduler, hp.lr_scheduler)
         self.scheduler = get_scheduler(name, self.optimizer, num_warmup_steps=warmup, num_training_steps=self.total_steps)
-        self.scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
+        self.scaler = grad_scaler(self.plan.precision, self.fsdp, self.device)
         self.step = 0
         self.start_epoch = 0
         self.start_group = 0
@@ -739,6 +773,12 @@ class FineTuneRecipe:
             _point_adapter_at(folder, self.config.base_model)
 
     def save_checkpoint(self, epoch: int, groups_done: int) -> None:
+        from finetune_trainer.train import distributed as dist_
+
+        with dist_.waiting_for_io():  # the others wait while rank 0 uploads
+            self._save_checkpoint(epoch, groups_done)
+
+    def _save_checkpoint(self, epoch: int, groups_done: int) -> None:
         import torch
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -791,8 +831,9 @@ class FineTuneRecipe:
         if self.env.is_main:
             shutil.rmtree(out, ignore_errors=True)
             model_folder.mkdir(parents=True)
-        self._save_weights(model_folder)
-        dist_.barrier()
+        with dist_.waiting_for_io():  # the others wait while rank 0 writes the model
+            self._save_weights(model_folder)
+            dist_.barrier()
         if not self.env.is_main:
             return
         reporter.phase("uploading")
@@ -813,7 +854,7 @@ class FineTuneRecipe:
         merged_uri = None
         if lora and config.merge:
             merged_folder = out / MERGED_DIR
-            self._write_merged_model(model_folder, merged_folder)
+            self._write_merged_model(self.base_folder, model_folder, merged_folder)
             merged_uri = join_uri(config.output_uri, MERGED_DIR)
             self.store.upload_artifact(merged_folder, merged_uri, kind="merged-model", **metadata)
         reporter.event("Model upload complete", reason="UploadComplete")
@@ -827,26 +868,67 @@ class FineTuneRecipe:
             eta_seconds=0.0,
         )
 
-    def _write_merged_model(self, adapter_folder: Path, merged_folder: Path) -> None:
-        """The adapter merged into a fresh, full-precision copy of the base model (works for QLoRA too)."""
-        import torch
+    def finish_uploaded(self) -> None:
+        """A retry after the model was uploaded: merge if that is all that is missing, then report done."""
+        from finetune_trainer.train.methods import fetch_model_folder
+
+        if not self.env.is_main:
+            return
+        config, reporter, manifest = self.config, self.reporter, self.uploaded_model
+        model_uri = join_uri(config.output_uri, MODEL_DIR)
+        lora = manifest.kind == "adapter"
+        merged_uri = join_uri(config.output_uri, MERGED_DIR) if lora and config.merge else None
+        if merged_uri is not None and self.store.read_manifest(merged_uri) is None:
+            reporter.event("The adapter was uploaded by an earlier attempt: merging it, without training again", reason="AlreadyUploaded")
+            reporter.phase("uploading")
+            base = fetch_model_folder(config.base_model, self.store, self.work_dir / "base-model", config.base_model_token_file)
+            adapter = fetch_model_folder(model_uri, self.store, self.work_dir / "uploaded-adapter")
+            merged_folder = self.work_dir / "output" / MERGED_DIR
+            shutil.rmtree(merged_folder, ignore_errors=True)
+            self._write_merged_model(base, adapter, merged_folder)
+            metadata = {"base_model": manifest.base_model, "step": manifest.step, **manifest.metadata}
+            self.store.upload_artifact(merged_folder, merged_uri, kind="merged-model", **metadata)
+            reporter.event("Model upload complete", reason="UploadComplete")
+        else:
+            reporter.event("The model was uploaded by an earlier attempt: nothing to redo", reason="AlreadyUploaded")
+        reporter.event("Fine-tuning job completed", reason="JobCompleted")
+        reporter.phase("done", model_uri=model_uri, adapter_uri=model_uri if lora else None, merged_model_uri=merged_uri, eta_seconds=0.0)
+
+    def _write_merged_model(self, base_folder: Path, adapter_folder: Path, merged_folder: Path) -> None:
+        """The adapter merged into the base model's weights, file by file (``train/merge.py``): no copy of
+        the whole model in memory, in fp32 or otherwise. For QLoRA too: the base files are unquantized."""
+        from finetune_trainer.train.merge import MergeError, merge_adapter, weight_files
+        from finetune_trainer.train.methods import load_tokenizer
+
+        try:
+            weight_files(base_folder)
+        except MergeError:
+            self._merge_in_memory(base_folder, adapter_folder, merged_folder)
+        else:
+            try:
+                merge_adapter(base_folder, adapter_folder, merged_folder)
+            except MergeError as e:
+                from finetune_trainer.train.errors import bad_input
+
+                raise bad_input("ImpossibleConfig", f"output.merge: {e}") from None
+        load_tokenizer(adapter_folder).save_pretrained(merged_folder)
+
+    @staticmethod
+    def _merge_in_memory(base_folder: Path, adapter_folder: Path, merged_folder: Path) -> None:
+        """A base model without safetensors files (``.bin`` only): loaded whole, in its own dtype, not fp32."""
         from peft import PeftModel
         from transformers import AutoModelForCausalLM
 
-        base = AutoModelForCausalLM.from_pretrained(self.base_folder, dtype=torch.float32)
-        merged = PeftModel.from_pretrained(base, adapter_folder).merge_and_unload()
-        dtype = self.plan.autocast_dtype
-        if dtype is not None:
-            merged = merged.to(dtype)
-        merged.save_pretrained(merged_folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(merged_folder)
+        base = AutoModelForCausalLM.from_pretrained(base_folder, dtype="auto")
+        PeftModel.from_pretrained(base, adapter_folder).merge_and_unload().save_pretrained(merged_folder, safe_serialization=True)
 
     def cleanup(self) -> None:
         from finetune_trainer.train import distributed as dist_
 
         if self.reporter is not None:
             self.reporter.close()
-        dist_.destroy_process_group()
+        if not self.peer_lost:
+            dist_.destroy_process_group()
         if self.own_work_dir and self.env.local_rank == 0:
             # Staging folders go always; downloads (base model, data, checkpoint) stay for a retry, until done.
             for sub in ("output", "checkpoints") if not self.succeeded else ("",):
