@@ -63,3 +63,13 @@ def test_paths_the_guide_names_exist() -> None:
     assert len(named) > 10
     missing = sorted(path for path in named if not (REPO_ROOT / path).exists())
     assert missing == []
+
+
+def test_the_readmes_operator_settings_are_every_setting_the_operator_reads() -> None:
+    """The README's table of FINETUNE_* variables: each setting once, with the default and meaning the code has."""
+    from finetune_operator.config import env_table
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `(FINETUNE_[A-Z_]+)` \| (.*?) \| (.*) \|$", readme, re.M)
+    expected = [(name, f"`{default}`" if default else "(empty)", meaning) for name, default, meaning in env_table()]
+    assert rows == expected

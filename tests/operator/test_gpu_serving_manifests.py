@@ -17,6 +17,7 @@ from finetune_operator.api.inferenceendpoint import InferenceEndpointSpec
 from finetune_operator.manifests import common, server
 from finetune_trainer import contract
 from tests.conftest import REPO_ROOT
+from finetune_operator.reconcile.inferenceendpoint import reconcile
 from tests.operator.test_inferenceendpoint_reconcile import VLLM, children, container
 
 def test_the_vllm_container_env_lets_torch_find_its_user_and_caches_when_the_uid_has_no_passwd_entry(tmp_path):
@@ -104,11 +105,12 @@ def test_the_fetch_checks_the_spec_against_the_model_before_vllm_starts_whatever
 
 
 def test_an_adapter_of_too_high_a_rank_is_named_in_the_endpoints_status(tmp_path):
-    """The fetch's refusal (its termination message) reaches the adapter's entry in status, as the fetch writes it."""
+    """Adapters changed by rollout: the fetch's refusal (its termination message) reaches the adapter's entry
+    in status, as the fetch writes it."""
     from finetune_operator.reconcile.inferenceendpoint import Observed, Reason
     from finetune_trainer.contract import VLLM_LORA_RANKS
     from finetune_trainer.serving_checks import adapter_problem
-    from tests.operator.test_inferenceendpoint_reconcile import NS, ready_deployment, run
+    from tests.operator.test_inferenceendpoint_reconcile import CONFIG, NS, endpoint, ready_deployment
 
     uri = f"s3://finetune/uploads/{NS}/adapters/wide"
     spec = {**VLLM, "adapters": [{"name": "wide", "uri": uri}]}
@@ -117,7 +119,42 @@ def test_an_adapter_of_too_high_a_rank_is_named_in_the_endpoints_status(tmp_path
         "name": "fetch", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
         "lastState": {"terminated": {"exitCode": 42, "message": f"AdapterRankTooHigh: {words}"}},
     }]}}  # fmt: skip
-    plan = run(spec, Observed(deployment=ready_deployment(ready=1, updatedReplicas=1, replicas=2), pods=[pod]))
+    observed = Observed(deployment=ready_deployment(ready=1, updatedReplicas=1, replicas=2), pods=[pod])
+    plan = reconcile({**endpoint(spec), "status": None}, observed, CONFIG.model_copy(update={"vllm_adapter_loading": "rollout"}))
     [adapter] = plan.status["adapters"]
     assert adapter["reason"] == Reason.ADAPTER_LOAD_FAILED
     assert "has LoRA rank 64, above the endpoint's spec.maxLoraRank 32; set spec.maxLoraRank to 64 or more" in adapter["message"]
+
+
+def test_with_runtime_loading_the_sidecars_report_is_the_adapters_status():
+    """Adapters loaded at run time: the rollout says nothing about them; each ready pod's report does, the
+    sidecar's refusal included, and an adapter no pod has reported yet is still loading."""
+    from finetune_operator.reconcile.inferenceendpoint import Observed, Reason
+    from finetune_trainer.contract import VLLM_LORA_RANKS
+    from finetune_trainer.serving_checks import adapter_problem
+    from tests.operator.test_inferenceendpoint_reconcile import CONFIG, NS, endpoint, ready_deployment
+
+    wide, good = (f"s3://finetune/uploads/{NS}/adapters/{n}" for n in ("wide", "good"))
+    spec = {**VLLM, "adapters": [{"name": "wide", "uri": wide}, {"name": "good", "uri": good}]}
+    assert CONFIG.vllm_adapter_loading == "runtime", "the default"
+    rolled_out = ready_deployment(ready=1)
+
+    def status(reports):
+        plan = reconcile({**endpoint(spec), "status": None}, Observed(deployment=rolled_out, server_adapters=reports), CONFIG)
+        deployment = next(c for c in plan.apply if c["kind"] == "Deployment")
+        assert deployment["metadata"]["labels"][server.ADAPTER_LOADING_LABEL] == "runtime"
+        return {a["name"]: a for a in plan.status["adapters"]}, plan
+
+    adapters, plan = status(None)
+    assert {n: (a["ready"], a["reason"]) for n, a in adapters.items()} == {
+        "wide": (False, Reason.ADAPTER_LOADING), "good": (False, Reason.ADAPTER_LOADING)}, "a finished rollout is not a loaded adapter"  # fmt: skip
+    assert plan.retry_after
+
+    words = adapter_problem(wide, {"r": 64}, 32, VLLM_LORA_RANKS)
+    report = [{"name": "wide", "uri": wide, "status": "failed", "error": f"AdapterRankTooHigh: {words}"},
+              {"name": "good", "uri": good, "status": "loaded"}]  # fmt: skip
+    adapters, plan = status([report])
+    assert adapters["good"]["ready"] and not adapters["wide"]["ready"]
+    assert adapters["wide"]["reason"] == Reason.ADAPTER_LOAD_FAILED
+    assert "set spec.maxLoraRank to 64 or more" in adapters["wide"]["message"]
+    assert plan.status["models"][1:] == ["good"]

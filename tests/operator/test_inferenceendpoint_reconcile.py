@@ -33,6 +33,8 @@ CONFIG = OperatorConfig(
     gpu_types={"h100": GpuType(nodeSelector={"gpu": "h100"}, tolerations=[{"key": "h100", "operator": "Exists"}])},
     shared_prefixes=["s3://finetune/models"],
 )
+ROLLOUT = CONFIG.model_copy(update={"vllm_adapter_loading": "rollout"})
+"""vLLM adapters changed by rolling the Deployment, not loaded at run time."""
 NS = "team-a"
 
 
@@ -434,7 +436,7 @@ def test_a_vllm_adapter_that_cannot_be_fetched_is_named_while_the_old_pods_keep_
         "lastState": {"terminated": {"exitCode": 42, "message": "ArtifactNotFound: s3://finetune/uploads/team-a/adapters/gone has no manifest.json"}},
     }]}}  # fmt: skip
     rolling = ready_deployment(ready=1, updatedReplicas=1, replicas=2)
-    plan = run(spec, Observed(deployment=rolling, pods=[new_pod]))
+    plan = reconcile({**endpoint(spec), "status": None}, Observed(deployment=rolling, pods=[new_pod]), ROLLOUT)
     assert plan.new_phase == "Ready", "the old replica serves the previous adapter list"
     adapters = {a["name"]: a for a in plan.status["adapters"]}
     assert adapters["gone"]["reason"] == Reason.ADAPTER_LOAD_FAILED and "no manifest.json" in adapters["gone"]["message"]

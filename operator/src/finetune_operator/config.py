@@ -29,6 +29,10 @@ class OperatorConfig(BaseModel):
     trainer_image: str = Field(default="ghcr.io/finetune-dev/finetune-trainer:0.1.0", description="image of validate, train and evaluate Jobs")
     server_image: str = Field(default="", description="image of the builtin runtime; empty: the trainer image")
     vllm_image: str = Field(default="vllm/vllm-openai:v0.11.0", description="image of the vllm runtime")
+    vllm_adapter_loading: Literal["runtime", "rollout"] = Field(
+        default="runtime",
+        description="runtime: a sidecar loads a vllm endpoint's adapters into the running server; rollout: each adapter change rolls the Deployment (needs a spare GPU)",
+    )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(default="IfNotPresent", description="imagePullPolicy of every container the operator makes")
     storage_endpoint: str = Field(default="minio.finetune-system.svc:9000", description="object store host:port")
     storage_secure: bool = Field(default=False, description="use HTTPS to the object store")

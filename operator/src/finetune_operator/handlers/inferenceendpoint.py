@@ -18,6 +18,7 @@ from finetune_operator.api import FINETUNEJOB, INFERENCEENDPOINT
 from finetune_operator.api.inferenceendpoint import KIND, InferenceEndpointSpec, Reason
 from finetune_operator.handlers import common
 from finetune_operator.manifests.common import differs
+from finetune_operator.manifests.server import ADAPTER_LOADING_LABEL
 from finetune_operator.reconcile import inferenceendpoint as rec
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,8 @@ def _observe(body: dict, rt: runtime.Runtime) -> rec.Observed:
     if observed.deployment is not None:
         selector = ",".join(f"{key}={value}" for key, value in naming.server_selector_labels(name).items())
         observed.pods = rt.kube.list(k.PODS, ns, label_selector=selector)
-        runtime_label = (observed.deployment["metadata"].get("labels") or {}).get("finetune.dev/runtime")
-        if runtime_label == "builtin":
+        labels = observed.deployment["metadata"].get("labels") or {}
+        if labels.get("finetune.dev/runtime") == "builtin" or labels.get(ADAPTER_LOADING_LABEL) == "runtime":
             reports = [r for r in (server_adapters(p) for p in observed.pods if _pod_ready(p)) if r is not None]
             observed.server_adapters = reports or None
     return observed

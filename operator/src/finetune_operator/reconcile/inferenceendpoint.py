@@ -193,20 +193,23 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     r.out.update(runtime=runtime, deploymentName=child, serviceName=child, url=naming.server_url(r.name, r.namespace))
     resolutions = [resolve_adapter(a, observed.finetunejobs, r.namespace, config) for a in spec.adapters]
     servable = [ServedAdapter(res.spec.name, res.uri) for res in resolutions if res.uri]
-    plan.apply = build_server_children(obj, spec, servable, config)
+    at_run_time = runtime == "vllm" and config.vllm_adapter_loading == "runtime"
+    plan.apply = build_server_children(obj, spec, servable, config, runtime_lora_loading=at_run_time)
     if spec.replicas.min == spec.replicas.max:
         plan.delete.append(("HorizontalPodAutoscaler", child))
     dep_status = (observed.deployment or {}).get("status") or {}
     ready_replicas = int(dep_status.get("readyReplicas") or 0)
     r.out["replicas"] = int(dep_status.get("replicas") or 0)
     r.out["readyReplicas"] = ready_replicas
-    missing = _adapters(r, plan, resolutions, observed, runtime, ready_replicas, served_model_name(r.name, spec))
+    reported = runtime == "builtin" or at_run_time
+    missing = _adapters(r, plan, resolutions, observed, reported, ready_replicas, served_model_name(r.name, spec))
     return _readiness(r, plan, observed, ready_replicas, missing, child)
 
 
 def _adapters(r: Reconciliation, plan: InferenceEndpointPlan, resolutions: list[AdapterResolution], observed: Observed,
-              runtime: str, ready_replicas: int, base_name: str) -> list[dict]:  # fmt: skip
-    """Per-adapter state: resolved and reported by the servers (builtin), or resolved and deployed (vllm).
+              reported: bool, ready_replicas: int, base_name: str) -> list[dict]:  # fmt: skip
+    """Per-adapter state: resolved and reported by the servers (``reported``: the builtin server, or vLLM's
+    adapter sidecar), or resolved and rolled out (vllm whose adapters change by rollout).
     Returns the adapters not served."""
     adapters_status: list[dict] = []
     for res in resolutions:
@@ -217,16 +220,16 @@ def _adapters(r: Reconciliation, plan: InferenceEndpointPlan, resolutions: list[
             entry.update(reason=res.reason, message=res.message)
         elif ready_replicas == 0:
             entry.update(reason=Reason.WAITING_FOR_SERVER, message="no server replica is ready yet")
-        elif runtime == "builtin" and observed.server_adapters:
+        elif reported and observed.server_adapters:
             ready, reason, message = _server_view(res.spec.name, res.uri or "", observed.server_adapters)
             entry["ready"] = ready
             if reason:
                 entry.update(reason=reason, message=message)
-        elif runtime == "vllm" and (failure := _fetch_failure(observed.pods, res.uri or "")):
+        elif not reported and (failure := _fetch_failure(observed.pods, res.uri or "")):
             entry.update(reason=Reason.ADAPTER_LOAD_FAILED, message=failure)
-        elif runtime == "vllm" and _rolled_out(observed.deployment):
+        elif not reported and _rolled_out(observed.deployment):
             entry["ready"] = True
-        elif runtime == "vllm":
+        elif not reported:
             entry.update(reason=Reason.ADAPTER_LOADING, message="the Deployment is rolling out the new adapter list")
         else:
             entry.update(reason=Reason.ADAPTER_LOADING, message="waiting for the server to report its adapters")
