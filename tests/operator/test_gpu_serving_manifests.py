@@ -158,3 +158,31 @@ def test_with_runtime_loading_the_sidecars_report_is_the_adapters_status():
     assert adapters["wide"]["reason"] == Reason.ADAPTER_LOAD_FAILED
     assert "set spec.maxLoraRank to 64 or more" in adapters["wide"]["message"]
     assert plan.status["models"][1:] == ["good"]
+
+
+@pytest.mark.parametrize(("lora", "refused"), [({"r": 64}, True), ({"r": 32}, False), (None, False)])
+def test_a_finetunejobs_adapter_above_the_endpoints_rank_is_refused_before_any_pod_fetches_it(lora, refused):
+    """vLLM would refuse the adapter at load; the operator knows the job's lora.r (default 16) and says so first."""
+    from finetune_operator.reconcile.inferenceendpoint import Observed, Reason
+    from tests.operator.test_inferenceendpoint_reconcile import completed_job, ready_deployment, run
+
+    job = completed_job()
+    if lora is not None:
+        job["spec"] = {"lora": lora}
+    spec = {**VLLM, "adapters": [{"name": "tuned", "fineTuneJob": "tuned"}]}
+    plan = run(spec, Observed(finetunejobs={"tuned": job}, deployment=ready_deployment(ready=1)))
+    [adapter] = plan.status["adapters"]
+    served = [a.uri for c in plan.apply if c["kind"] == "ConfigMap"
+              for a in contract.VllmAdaptersConfig.model_validate_json(c["data"][server.ADAPTERS_CONFIG_FILE]).adapters]  # fmt: skip
+    if refused:
+        assert adapter["reason"] == Reason.ADAPTER_LOAD_FAILED and not adapter["ready"]
+        assert adapter["message"] == (
+            "AdapterRankTooHigh: FineTuneJob tuned's adapter has LoRA rank 64, above the endpoint's spec.maxLoraRank 32; "
+            "set spec.maxLoraRank to 64 or more"
+        )
+        assert served == [], "never handed to vLLM"
+    else:
+        assert adapter.get("reason") != Reason.ADAPTER_LOAD_FAILED
+        assert served == ["s3://finetune/jobs/team-a/tuned-1/model"]
+    builtin = run({**spec, "runtime": "builtin", "resources": {"cpu": "1", "memory": "2Gi"}}, Observed(finetunejobs={"tuned": job}))
+    assert builtin.status["adapters"][0]["reason"] != Reason.ADAPTER_LOAD_FAILED, "the builtin server has no rank limit"

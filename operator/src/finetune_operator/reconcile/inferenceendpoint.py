@@ -29,6 +29,8 @@ from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.server import ServedAdapter, build_server_children, effective_runtime, served_model_name
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.conditions import Conditions
+from finetune_trainer import serving_checks
+from finetune_trainer.contract import VLLM_LORA_RANKS, LoraOptions
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = naming.MAX_NAME_LENGTH - len(naming.SERVER_SUFFIX)
@@ -99,8 +101,13 @@ def operator_side_problems(name: str, spec: InferenceEndpointSpec, config: Opera
     return problems
 
 
-def resolve_adapter(adapter: AdapterSpec, finetunejobs: dict[str, dict | None], namespace: str, config: OperatorConfig) -> AdapterResolution:
-    """An adapter's URI, or why it has none yet (a FineTuneJob's output is held to this namespace's storage too)."""
+def resolve_adapter(
+    adapter: AdapterSpec, finetunejobs: dict[str, dict | None], namespace: str, config: OperatorConfig, max_lora_rank: int | None = None
+) -> AdapterResolution:
+    """An adapter's URI, or why it has none yet (a FineTuneJob's output is held to this namespace's storage too).
+
+    ``max_lora_rank`` (vllm): a FineTuneJob's adapter of a higher ``spec.lora.r`` is refused here, before any
+    pod fetches it; an adapter named by URI is checked by whatever fetches it."""
     if adapter.uri:
         return AdapterResolution(adapter, adapter.uri)
     job_name = adapter.fine_tune_job or ""
@@ -117,6 +124,11 @@ def resolve_adapter(adapter: AdapterSpec, finetunejobs: dict[str, dict | None], 
     outside = tenancy.check_read(model["uri"], f"FineTuneJob {job_name} status.outputModel.uri", namespace, config)
     if outside:
         return AdapterResolution(adapter, None, Reason.ADAPTER_LOAD_FAILED, outside)
+    rank = ((job.get("spec") or {}).get("lora") or {}).get("r", LoraOptions.model_fields["r"].default)
+    if max_lora_rank is not None and isinstance(rank, int):
+        too_high = serving_checks.adapter_problem(f"FineTuneJob {job_name}'s adapter", {"r": rank}, max_lora_rank, VLLM_LORA_RANKS)
+        if too_high:
+            return AdapterResolution(adapter, None, Reason.ADAPTER_LOAD_FAILED, f"AdapterRankTooHigh: {too_high}")
     return AdapterResolution(adapter, model["uri"])
 
 
@@ -191,7 +203,8 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     runtime = effective_runtime(spec)
     child = naming.server_name(r.name)
     r.out.update(runtime=runtime, deploymentName=child, serviceName=child, url=naming.server_url(r.name, r.namespace))
-    resolutions = [resolve_adapter(a, observed.finetunejobs, r.namespace, config) for a in spec.adapters]
+    max_rank = spec.max_lora_rank if runtime == "vllm" else None
+    resolutions = [resolve_adapter(a, observed.finetunejobs, r.namespace, config, max_rank) for a in spec.adapters]
     servable = [ServedAdapter(res.spec.name, res.uri) for res in resolutions if res.uri]
     at_run_time = runtime == "vllm" and config.vllm_adapter_loading == "runtime"
     plan.apply = build_server_children(obj, spec, servable, config, runtime_lora_loading=at_run_time)
