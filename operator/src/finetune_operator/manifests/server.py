@@ -23,7 +23,7 @@ import hashlib
 import inspect
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator.api.inferenceendpoint import InferenceEndpointSpec
@@ -296,108 +296,137 @@ def _probe(path: str, period: int, failure_threshold: int, timeout: int = 2) -> 
     }
 
 
+@dataclass
+class _PodParts:
+    """What the server pod is assembled from, as each runtime adds to it."""
+
+    volumes: list[dict[str, Any]]
+    mounts: list[dict[str, Any]]
+    env: list[dict[str, Any]]
+    scratch_mounts: list[dict[str, Any]]
+    annotations: dict[str, str] = field(default_factory=dict)
+    init_containers: list[dict] = field(default_factory=list)
+    sidecars: list[dict] = field(default_factory=list)
+
+
+def _pod_parts(child: str, spec: InferenceEndpointSpec, config: OperatorConfig) -> _PodParts:
+    """The volumes, mounts and env every runtime has: config, scratch, API key, base model token or claim."""
+    scratch_vols, scratch_mounts = common.scratch_volumes()
+    parts = _PodParts(
+        volumes=[{"name": "config", "configMap": {"name": child}}, *scratch_vols],
+        mounts=[{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *scratch_mounts],
+        env=common.base_env() + [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        scratch_mounts=scratch_mounts,
+        annotations={"prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"},
+    )
+    if spec.api_key_secret_ref is not None:
+        parts.volumes.append({"name": "api-key", "secret": {"secretName": spec.api_key_secret_ref.name, "defaultMode": 0o440}})
+        parts.mounts.append({"name": "api-key", "mountPath": API_KEY_MOUNT, "readOnly": True})
+    if spec.base_model.secret_ref is not None:
+        parts.volumes.append({"name": "base-model-token", "secret": {"secretName": spec.base_model.secret_ref.name, "defaultMode": 0o440}})
+        parts.mounts.append({"name": "base-model-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
+        if spec.base_model.uri.startswith("hf://"):
+            parts.env.append({"name": "HF_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/{spec.base_model.secret_ref.key or 'token'}"})
+    if spec.base_model.uri.startswith("pvc://"):
+        claim, _ = pvc_path(spec.base_model.uri, config)
+        parts.volumes.append({"name": "base-model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
+        parts.mounts.append({"name": "base-model-pvc", "mountPath": f"{config.pvc_mount_root}/{claim}", "readOnly": True})
+    return parts
+
+
+def _builtin_container(parts: _PodParts, config: OperatorConfig) -> dict:
+    """``finetune-trainer serve``: it loads the base model and hot-loads adapters itself."""
+    # The storage credentials are mounted whatever the spec says now: an s3:// adapter added later
+    # is hot-loaded without changing the pod template.
+    storage_vol, storage_mount = common.storage_volume(config)
+    parts.volumes.append(storage_vol)
+    parts.mounts.append(storage_mount)
+    return {
+        "name": CONTAINER,
+        "image": config.effective_server_image,
+        "command": ["finetune-trainer", "serve", "--config", f"{common.CONFIG_MOUNT}/{SERVE_CONFIG_FILE}", "--host=$(POD_IP)", f"--port={PORT}"],
+        "readinessProbe": _probe("/readyz", period=5, failure_threshold=2),
+        "livenessProbe": _probe("/healthz", period=10, failure_threshold=3),
+        # Importing torch can take a while on a busy node: liveness starts once /healthz first answers.
+        "startupProbe": _probe("/healthz", period=2, failure_threshold=90),
+    }
+
+
+def _vllm_container(
+    parts: _PodParts, name: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig, runtime_lora_loading: bool
+) -> dict:
+    """vLLM's OpenAI server, after a fetch init container (and beside the adapter sidecar when adapters load at run time)."""
+    storage_vol, storage_mount = common.storage_volume(config)
+    parts.volumes += [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}}]
+    data_mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "adapters", "mountPath": ADAPTERS_MOUNT}]
+    parts.env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, *vllm_env()]
+    if spec.api_key_secret_ref is not None:
+        parts.env.append({"name": vllm_auth.API_KEY_FILE_ENV, "value": api_key_file(spec)})
+    # The auth module sits in the ConfigMap next to fetch.json; PYTHONPATH points at it.
+    items = [{"key": FETCH_CONFIG_FILE, "path": FETCH_CONFIG_FILE}, {"key": f"{AUTH_MODULE}.py", "path": f"python/{AUTH_MODULE}.py"}]
+    parts.volumes[0]["configMap"]["items"] = items
+    if runtime_lora_loading:
+        items.append({"key": ADAPTERS_CONFIG_FILE, "path": ADAPTERS_CONFIG_FILE})
+        parts.env += [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}, {"name": vllm_auth.STATE_FILE_ENV, "value": ADAPTER_STATE_FILE}]
+    # The fetch always runs: it downloads what the object store holds and checks the spec against the
+    # model (context length, attention heads, adapter ranks) before vLLM would refuse it.
+    fetch = fetch_config(spec, [] if runtime_lora_loading else adapters, config)
+    fetch_mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *parts.scratch_mounts, *data_mounts]
+    if fetch.items or runtime_lora_loading:
+        parts.volumes.append(storage_vol)
+    if fetch.items:
+        fetch_mounts.append(storage_mount)
+    fetch_mounts += [m for m in parts.mounts if m["name"] in ("base-model-token", "base-model-pvc")]
+    parts.init_containers.append(
+        {
+            "name": FETCH_CONTAINER,
+            "image": config.trainer_image,
+            "imagePullPolicy": config.image_pull_policy,
+            "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
+            "env": common.base_env(),
+            "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
+            "securityContext": common.container_security_context(),
+            "volumeMounts": fetch_mounts,
+            "terminationMessagePath": common.TERMINATION_LOG,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }
+    )
+    parts.mounts += data_mounts
+    if runtime_lora_loading:
+        # The adapter list lives in the ConfigMap only: a change restarts no pod (no spare GPUs needed).
+        parts.sidecars.append(_adapters_sidecar(spec, config, storage_mount, parts.scratch_mounts, parts.mounts))
+    else:
+        parts.annotations[ADAPTERS_HASH_ANNOTATION] = adapters_hash(adapters)
+    return {
+        "name": CONTAINER,
+        "image": config.vllm_image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": vllm_args(name, spec, adapters, config, runtime_lora_loading),
+        "readinessProbe": _probe("/health", period=5, failure_threshold=2),
+        "livenessProbe": _probe("/health", period=10, failure_threshold=3, timeout=5),
+        # Loading weights onto GPUs takes minutes: liveness starts once /health first answers (30 min at most).
+        "startupProbe": _probe("/health", period=10, failure_threshold=180, timeout=5),
+    }
+
+
 def build_deployment(
     owner_ref: dict, name: str, namespace: str, spec: InferenceEndpointSpec, adapters: list[ServedAdapter],
     config: OperatorConfig, labels: dict[str, str], runtime: str, runtime_lora_loading: bool = False,
 ) -> dict:  # fmt: skip
     child = child_name(name)
-    scratch_vols, scratch_mounts = common.scratch_volumes()
-    storage_vol, storage_mount = common.storage_volume(config)
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": child}}, *scratch_vols]
-    mounts: list[dict[str, Any]] = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *scratch_mounts]
-    env = common.base_env() + [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-    if spec.api_key_secret_ref is not None:
-        volumes.append({"name": "api-key", "secret": {"secretName": spec.api_key_secret_ref.name, "defaultMode": 0o440}})
-        mounts.append({"name": "api-key", "mountPath": API_KEY_MOUNT, "readOnly": True})
-    if spec.base_model.secret_ref is not None:
-        volumes.append({"name": "base-model-token", "secret": {"secretName": spec.base_model.secret_ref.name, "defaultMode": 0o440}})
-        mounts.append({"name": "base-model-token", "mountPath": TOKEN_MOUNT, "readOnly": True})
-        if spec.base_model.uri.startswith("hf://"):
-            env.append({"name": "HF_TOKEN_PATH", "value": f"{TOKEN_MOUNT}/{spec.base_model.secret_ref.key or 'token'}"})
-    if spec.base_model.uri.startswith("pvc://"):
-        claim, _ = pvc_path(spec.base_model.uri, config)
-        volumes.append({"name": "base-model-pvc", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}})
-        mounts.append({"name": "base-model-pvc", "mountPath": f"{config.pvc_mount_root}/{claim}", "readOnly": True})
-    resources = common.resources(config, spec.resources.gpus, spec.resources.cpu, spec.resources.memory)
-    annotations = {"prometheus.io/port": str(PORT), "prometheus.io/path": "/metrics"}
-    init_containers: list[dict] = []
-    sidecars: list[dict] = []
-
+    parts = _pod_parts(child, spec, config)
     if runtime == "builtin":
-        # The storage credentials are mounted whatever the spec says now: an s3:// adapter added later
-        # is hot-loaded without changing the pod template.
-        volumes.append(storage_vol)
-        mounts.append(storage_mount)
-        container = {
-            "name": CONTAINER,
-            "image": config.effective_server_image,
-            "command": ["finetune-trainer", "serve", "--config", f"{common.CONFIG_MOUNT}/{SERVE_CONFIG_FILE}", "--host=$(POD_IP)", f"--port={PORT}"],
-            "readinessProbe": _probe("/readyz", period=5, failure_threshold=2),
-            "livenessProbe": _probe("/healthz", period=10, failure_threshold=3),
-            # Importing torch can take a while on a busy node: liveness starts once /healthz first answers.
-            "startupProbe": _probe("/healthz", period=2, failure_threshold=90),
-        }
+        container = _builtin_container(parts, config)
     else:
-        volumes += [{"name": "models", "emptyDir": {}}, {"name": "adapters", "emptyDir": {}}]
-        data_mounts = [{"name": "models", "mountPath": MODELS_MOUNT}, {"name": "adapters", "mountPath": ADAPTERS_MOUNT}]
-        env += [{"name": "PYTHONPATH", "value": PYTHON_DIR}, *vllm_env()]
-        if spec.api_key_secret_ref is not None:
-            env.append({"name": vllm_auth.API_KEY_FILE_ENV, "value": api_key_file(spec)})
-        # The auth module sits in the ConfigMap next to fetch.json; PYTHONPATH points at it.
-        volumes[0]["configMap"]["items"] = [
-            {"key": FETCH_CONFIG_FILE, "path": FETCH_CONFIG_FILE},
-            {"key": f"{AUTH_MODULE}.py", "path": f"python/{AUTH_MODULE}.py"},
-        ]
-        if runtime_lora_loading:
-            volumes[0]["configMap"]["items"].append({"key": ADAPTERS_CONFIG_FILE, "path": ADAPTERS_CONFIG_FILE})
-            env += [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}, {"name": vllm_auth.STATE_FILE_ENV, "value": ADAPTER_STATE_FILE}]
-        # The fetch always runs: it downloads what the object store holds and checks the spec against the
-        # model (context length, attention heads, adapter ranks) before vLLM would refuse it.
-        fetch = fetch_config(spec, [] if runtime_lora_loading else adapters, config)
-        fetch_mounts = [{"name": "config", "mountPath": common.CONFIG_MOUNT, "readOnly": True}, *scratch_mounts, *data_mounts]
-        if fetch.items or runtime_lora_loading:
-            volumes.append(storage_vol)
-        if fetch.items:
-            fetch_mounts.append(storage_mount)
-        fetch_mounts += [m for m in mounts if m["name"] in ("base-model-token", "base-model-pvc")]
-        init_containers.append(
-            {
-                "name": FETCH_CONTAINER,
-                "image": config.trainer_image,
-                "imagePullPolicy": config.image_pull_policy,
-                "command": ["finetune-trainer", "fetch", "--config", f"{common.CONFIG_MOUNT}/{FETCH_CONFIG_FILE}"],
-                "env": common.base_env(),
-                "resources": common.resources(config, 0, spec.resources.cpu, spec.resources.memory),
-                "securityContext": common.container_security_context(),
-                "volumeMounts": fetch_mounts,
-                "terminationMessagePath": common.TERMINATION_LOG,
-                "terminationMessagePolicy": "FallbackToLogsOnError",
-            }
-        )
-        mounts += data_mounts
-        if runtime_lora_loading:
-            # The adapter list lives in the ConfigMap only: a change restarts no pod (no spare GPUs needed).
-            sidecars.append(_adapters_sidecar(spec, config, storage_mount, scratch_mounts, mounts))
-        else:
-            annotations[ADAPTERS_HASH_ANNOTATION] = adapters_hash(adapters)
-        container = {
-            "name": CONTAINER,
-            "image": config.vllm_image,
-            "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-            "args": vllm_args(name, spec, adapters, config, runtime_lora_loading),
-            "readinessProbe": _probe("/health", period=5, failure_threshold=2),
-            "livenessProbe": _probe("/health", period=10, failure_threshold=3, timeout=5),
-            # Loading weights onto GPUs takes minutes: liveness starts once /health first answers (30 min at most).
-            "startupProbe": _probe("/health", period=10, failure_threshold=180, timeout=5),
-        }
+        container = _vllm_container(parts, name, spec, adapters, config, runtime_lora_loading)
     container.update(
         {
             "imagePullPolicy": config.image_pull_policy,
-            "env": env,
+            "env": parts.env,
             "ports": [{"name": PORT_NAME, "containerPort": PORT, "protocol": "TCP"}],
-            "resources": resources,
+            "resources": common.resources(config, spec.resources.gpus, spec.resources.cpu, spec.resources.memory),
             "securityContext": common.container_security_context(),
-            "volumeMounts": mounts,
+            "volumeMounts": parts.mounts,
             "terminationMessagePath": common.TERMINATION_LOG,
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }
@@ -407,16 +436,16 @@ def build_deployment(
         "enableServiceLinks": False,
         "securityContext": common.pod_security_context(),
         "terminationGracePeriodSeconds": DRAIN_SECONDS + 5,
-        "containers": [container, *sidecars],
-        "volumes": volumes,
+        "containers": [container, *parts.sidecars],
+        "volumes": parts.volumes,
         **common.gpu_placement(config, spec.resources.gpu_type, spec.resources.gpus),
     }
-    if init_containers:
-        pod_spec["initContainers"] = init_containers
+    if parts.init_containers:
+        pod_spec["initContainers"] = parts.init_containers
     deployment_spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(name)},
         "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-        "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": pod_spec},
+        "template": {"metadata": {"labels": labels, "annotations": parts.annotations}, "spec": pod_spec},
     }
     if spec.replicas.min == spec.replicas.max:
         deployment_spec["replicas"] = spec.replicas.min  # with an HPA, the HPA owns spec.replicas
