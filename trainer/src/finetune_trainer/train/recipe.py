@@ -562,8 +562,6 @@ class FineTuneRecipe:
 
     # -- training ---------------------------------------------------------------------------------
     def train(self) -> None:
-        import torch
-
         from finetune_trainer.progress import Throughput
         from finetune_trainer.train import distributed as dist_
         from finetune_trainer.train.errors import Preempted
@@ -578,23 +576,10 @@ class FineTuneRecipe:
         step_started = time.monotonic()
         step_times: list[float] = []
 
-        reporter.phase(
-            "training",
-            step=self.step,
-            total_steps=self.total_steps,
-            epoch=self.step / self.steps_per_epoch,
-            trained_tokens=self.trained_tokens,
-        )
+        reporter.phase("training", step=self.step, total_steps=self.total_steps, epoch=self.step / self.steps_per_epoch, trained_tokens=self.trained_tokens)
         reporter.event("Training started", reason="TrainingStarted")
-        log.info(
-            "training from step %d of %d (%d per epoch), batch size %d, %s, %d process(es)",
-            self.step,
-            self.total_steps,
-            self.steps_per_epoch,
-            self.batch_size,
-            "packed" if hp.packing else "length-grouped",
-            env.world_size,
-        )
+        log.info("training from step %d of %d (%d per epoch), batch size %d, %s, %d process(es)", self.step, self.total_steps,
+                 self.steps_per_epoch, self.batch_size, "packed" if hp.packing else "length-grouped", env.world_size)  # fmt: skip
         reporter.start_bar(self.total_steps, self.step)
         self.in_training_loop = True
         if self.stop_requested:
@@ -615,33 +600,9 @@ class FineTuneRecipe:
                 global_labels, global_tokens, global_padding = dist_.all_reduce_sum(
                     [local_labels, local_tokens, local_padding], self.device
                 )
-                loss_sum = torch.zeros((), dtype=torch.float64)
-                for i, batch in enumerate(collated):
-                    batch = batch.to(self.device)
-                    last = i == len(collated) - 1
-                    sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-                    if self.fsdp:
-                        self.model.set_requires_gradient_sync(last)
-                    with sync:
-                        with autocast:
-                            token_loss = self.model(batch.input_ids, batch.position_ids, batch.targets)
-                        # Mean over every label token of the step on every process; DDP/FSDP average over processes.
-                        scaled = token_loss * (env.world_size / global_labels)
-                        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-                    loss_sum += token_loss.detach().double().cpu()
-                if self.scaler:
-                    self.scaler.unscale_(self.optimizer)
-                if hp.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], hp.max_grad_norm)
-                if self.scaler:
-                    self.scaler.step(self.optimizer)
-                    self.scaler.update()
-                else:
-                    self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                loss_sum = self._optimizer_step(collated, global_labels, autocast)
                 self.step += 1
-                (total_loss,) = dist_.all_reduce_sum([float(loss_sum)], self.device)
+                (total_loss,) = dist_.all_reduce_sum([loss_sum], self.device)
                 train_loss = total_loss / global_labels
                 self.trained_tokens += int(global_tokens)
                 real += int(global_tokens)
@@ -660,22 +621,7 @@ class FineTuneRecipe:
                     padding_fraction=round(padding / max(1, padding + real), 6),
                     eta_seconds=round(sum(recent) / len(recent) * (self.total_steps - self.step), 1),
                 )
-                if not math.isfinite(train_loss):
-                    from finetune_trainer.train.errors import TrainerFailure
-
-                    raise TrainerFailure("TrainingDiverged", f"the training loss is {train_loss} at step {self.step}; lower learningRate")
-                if self.step == self.hold_at_step:
-                    self._hold()
-                if group_index == len(groups) - 1:
-                    reporter.event(f"Epoch {epoch + 1} completed at step {self.step}", reason="EpochCompleted")
-                if self.step in eval_steps:
-                    self.evaluate()
-                if dist_.any_process(self.stop_requested, self.device):
-                    if self.config.method != "full":  # an adapter checkpoint is cheap; a full one may not fit the grace period
-                        self.save_checkpoint(epoch, group_index + 1)
-                    raise Preempted()
-                if self.step in checkpoint_steps:
-                    self.save_checkpoint(epoch, group_index + 1)
+                self._after_step(train_loss, epoch, group_index, len(groups), eval_steps, checkpoint_steps)
                 step_started = time.monotonic()
             if self.step >= self.total_steps:
                 break
@@ -687,6 +633,58 @@ class FineTuneRecipe:
             f"padding {self.padding_fraction:.1%} of tokens processed",
             reason="TrainingCompleted",
         )
+
+    def _optimizer_step(self, collated: list[Any], global_labels: int, autocast: Any) -> float:
+        """Forward and backward over one accumulation group, then one optimizer step: the gradient is of the
+        mean loss over every label token of the step on every process. Returns this process's summed loss."""
+        import torch
+
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        for i, batch in enumerate(collated):
+            batch = batch.to(self.device)
+            last = i == len(collated) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            with sync:
+                with autocast:
+                    token_loss = self.model(batch.input_ids, batch.position_ids, batch.targets)
+                # DDP/FSDP average over processes, hence the world size.
+                scaled = token_loss * (self.env.world_size / global_labels)
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            loss_sum += token_loss.detach().double().cpu()
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.hp.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_([p for p in self.module.parameters() if p.requires_grad], self.hp.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss_sum)
+
+    def _after_step(self, train_loss: float, epoch: int, group_index: int, groups: int, eval_steps: set[int], checkpoint_steps: set[int]) -> None:
+        """What follows a step: stop on a diverged loss, hold (tests), evaluate, checkpoint, or stop when asked."""
+        from finetune_trainer.train import distributed as dist_
+        from finetune_trainer.train.errors import Preempted, TrainerFailure
+
+        if not math.isfinite(train_loss):
+            raise TrainerFailure("TrainingDiverged", f"the training loss is {train_loss} at step {self.step}; lower learningRate")
+        if self.step == self.hold_at_step:
+            self._hold()
+        if group_index == groups - 1:
+            self.reporter.event(f"Epoch {epoch + 1} completed at step {self.step}", reason="EpochCompleted")
+        if self.step in eval_steps:
+            self.evaluate()
+        if dist_.any_process(self.stop_requested, self.device):
+            if self.config.method != "full":  # an adapter checkpoint is cheap; a full one may not fit the grace period
+                self.save_checkpoint(epoch, group_index + 1)
+            raise Preempted()
+        if self.step in checkpoint_steps:
+            self.save_checkpoint(epoch, group_index + 1)
 
     @property
     def hold_at_step(self) -> int | None:
