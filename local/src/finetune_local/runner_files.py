@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from finetune_local.runner_kube import CONFIG_MAPS, SECRETS, Kube, KubeError
-from finetune_trainer.contract import DEFAULT_TERMINATION_LOG as DEFAULT_TERMINATION_MESSAGE_PATH
 
 
 class PodConfigError(Exception):

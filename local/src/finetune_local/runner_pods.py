@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import IO, Any
 
 from finetune_local.runner_files import (
-    DEFAULT_TERMINATION_MESSAGE_PATH,
     ContainerEnv,
     PathMap,
     PodConfigError,
@@ -42,14 +41,12 @@ from finetune_local.runner_files import (
     remap_text_files,
 )
 from finetune_local.runner_kube import PODS, Kube, KubeError, now_iso
-from finetune_trainer.contract import TERMINATION_MESSAGE_LIMIT
+from finetune_trainer.contract import DEFAULT_TERMINATION_LOG, TERMINATION_LOG_ENV, TERMINATION_MESSAGE_LIMIT
 
 log = logging.getLogger("finetune_local.runner")
 
 _ANY_ADDRESS = re.compile(r"(?<![\d.])0\.0\.0\.0(?![\d./])")
 
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
-"""Where the trainer writes its termination message; the runner points it at the container's local file."""
 START_ERROR_EXIT_CODE = 128
 POLL_SECONDS = 0.1
 PROBE_PERIOD_CAP_SECONDS = 1.0
@@ -293,7 +290,7 @@ class PodWorker:
             pod_paths = pod_paths.merged(c.paths)
             c.termination_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             c.termination_path.touch(mode=0o600)
-            c.paths.add(c.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_MESSAGE_PATH, c.termination_path)
+            c.paths.add(c.spec.get("terminationMessagePath") or DEFAULT_TERMINATION_LOG, c.termination_path)
             working_dir = c.spec.get("workingDir")
             if working_dir and not Path(c.paths.local(working_dir)).is_dir():
                 local_working_dir = root / working_dir.lstrip("/")

@@ -56,6 +56,23 @@ ADAPTER_DIR = "adapter"
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_MESSAGE_LIMIT = 4096
 """Kubernetes keeps at most 4096 bytes of a container's termination message."""
+TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
+"""Where the termination message goes when not ``/dev/termination-log`` (the local runner sets it)."""
+
+
+def write_termination_message(message: str, reason: str | None = None) -> None:
+    """The container's last word, which Kubernetes shows in the pod's status and the operator reads:
+    ``Reason: message`` (``reason`` given) or the message as it is, cut to 4096 bytes on a character
+    boundary. Skipped where the file cannot be written (not in a container): the log has it too."""
+    import os
+
+    text = f"{reason}: {message}" if reason else message
+    data = text.encode("utf-8")[:TERMINATION_MESSAGE_LIMIT].decode("utf-8", errors="ignore").encode("utf-8")
+    try:
+        with open(os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG), "wb") as f:
+            f.write(data)
+    except OSError:
+        pass
 
 
 def checkpoint_dir(step: int) -> str:

@@ -19,27 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
 from pydantic import ValidationError
 
 from finetune_trainer import serving_checks
-from finetune_trainer.contract import DEFAULT_TERMINATION_LOG, TERMINATION_MESSAGE_LIMIT, VLLM_LORA_RANKS, ExitCode, FetchConfig
+from finetune_trainer.contract import ExitCode, FetchConfig, VLLM_LORA_RANKS, write_termination_message
 from finetune_trainer.storage import IncompleteArtifactError, ObjectStore, StorageError
 
 log = logging.getLogger("finetune_trainer.fetch")
-
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
-
-
-def _terminate(reason: str, message: str) -> None:
-    path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
-    try:
-        Path(path).write_text(f"{reason}: {message}"[:TERMINATION_MESSAGE_LIMIT], encoding="utf-8")
-    except OSError:
-        pass
 
 
 class LimitExceeded(ValueError):
@@ -129,27 +118,27 @@ def main(argv: list[str]) -> int:
     try:
         config = FetchConfig.model_validate_json(Path(args.config).read_bytes())
     except OSError as e:
-        _terminate("InvalidConfig", f"cannot read {args.config}: {e.strerror}")
+        write_termination_message(reason="InvalidConfig", message=f"cannot read {args.config}: {e.strerror}")
         log.error("cannot read %s: %s", args.config, e.strerror)
         return ExitCode.BAD_INPUT
     except ValidationError as e:
         first = e.errors(include_url=False)[0]
         message = f"{args.config}: {'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
-        _terminate("InvalidConfig", message)
+        write_termination_message(reason="InvalidConfig", message=message)
         log.error("%s", message)
         return ExitCode.BAD_INPUT
     try:
         fetch(config)
     except IncompleteArtifactError as e:
-        _terminate("ArtifactNotFound", str(e))
+        write_termination_message(reason="ArtifactNotFound", message=str(e))
         log.error("%s", e)
         return ExitCode.BAD_INPUT
     except StorageError as e:
-        _terminate("StorageError", str(e))
+        write_termination_message(reason="StorageError", message=str(e))
         log.error("%s", e)
         return ExitCode.RETRYABLE
     except LimitExceeded as e:
-        _terminate(e.reason, str(e))
+        write_termination_message(reason=e.reason, message=str(e))
         log.error("%s: %s", e.reason, e)
         return ExitCode.BAD_INPUT
     return ExitCode.OK

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from typing import Any
 
 from finetune_operator import naming, tenancy
 from finetune_operator.api.dataset import DatasetSpec, DatasetStatus, Reason, first_errors, ready_message, report_fields

@@ -17,7 +17,7 @@ from finetune_operator import naming, tenancy
 from finetune_operator.api.finetunejob import ConditionType as C
 from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, progress_status, spec_problems
 from finetune_operator.config import OperatorConfig
-from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, TrainerInputs, build_trainer_children, inputs_from_config_map
+from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, build_trainer_children, inputs_from_config_map
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.inputs import trainer_inputs
 from finetune_operator.reconcile.conditions import Conditions, now, rfc3339

@@ -38,14 +38,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from finetune_trainer.contract import (
-    DEFAULT_TERMINATION_LOG,
-    MANIFEST_FILE,
-    TERMINATION_MESSAGE_LIMIT,
     CheckError,
     DatasetCheckReport,
     ExitCode,
+    MANIFEST_FILE,
     ValidateConfig,
     join_uri,
+    write_termination_message,
 )
 from finetune_trainer.data.sources import SourceError, fetch_tokenizer, open_source, redact
 from finetune_trainer.data.validate import (
@@ -58,7 +57,6 @@ from finetune_trainer.data.validate import (
 )
 from finetune_trainer.storage import ObjectStore
 
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 HASH_RANGE = 1 << 64
 
 
@@ -365,15 +363,6 @@ def exit_code_of(report: DatasetCheckReport) -> ExitCode:
     return ExitCode.RETRYABLE if report.retryable else ExitCode.BAD_INPUT
 
 
-def write_termination_message(message: str) -> None:
-    """The container's last word, which Kubernetes shows in the Pod status (at most 4096 bytes)."""
-    path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
-    data = message.encode("utf-8")[:TERMINATION_MESSAGE_LIMIT]
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError:
-        pass  # not in a container, or not writable: the message is in the log too
 
 
 def main(argv: list[str] | None = None) -> int:

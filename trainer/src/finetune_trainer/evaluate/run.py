@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -36,17 +35,16 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_trainer.contract import (
-    DEFAULT_TERMINATION_LOG,
-    PROGRESS_FILE,
-    RESULTS_FILE,
-    SUMMARY_FILE,
-    TERMINATION_MESSAGE_LIMIT,
     EvaluateConfig,
     EvaluationSummary,
     ExitCode,
+    PROGRESS_FILE,
     Phase,
     Progress,
+    RESULTS_FILE,
+    SUMMARY_FILE,
     join_uri,
+    write_termination_message,
 )
 from finetune_trainer.evaluate.errors import BadInput, SampleError
 from finetune_trainer.evaluate.graders import GRADER_TYPES, GradeItem, Grader, build_graders, check_grader_specs
@@ -56,7 +54,6 @@ from finetune_trainer.storage import ObjectStore, StorageError
 
 log = logging.getLogger("finetune_trainer.evaluate")
 
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 PROGRESS_INTERVAL_SECONDS = 2.0
 TURNS_PER_CHUNK = 32
 """Turns answered, graded and recorded together (the unit of progress)."""
@@ -164,15 +161,6 @@ class ProgressReporter:
         self.write("evaluating", force=False)
 
 
-def write_termination_message(message: str) -> None:
-    """Kubernetes shows this file's content as the container's termination message; skipped if not writable."""
-    path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
-    data = message.encode("utf-8")[:TERMINATION_MESSAGE_LIMIT]
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError:
-        pass
 
 
 # ----------------------------------------------------------------------------------------------

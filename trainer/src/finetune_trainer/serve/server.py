@@ -32,7 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from finetune_trainer.contract import DEFAULT_TERMINATION_LOG, TERMINATION_MESSAGE_LIMIT, ExitCode, ServeConfig
+from finetune_trainer.contract import ExitCode, ServeConfig, write_termination_message
 from finetune_trainer.storage import ObjectStore, StorageError, is_s3, local_path
 
 log = logging.getLogger("finetune_trainer.serve")
@@ -106,13 +106,6 @@ def load_base_model(uri: str, store: ObjectStore, cache_dir: Path) -> tuple[Any,
     return model, engine_tokenizer, request_tokenizer, device
 
 
-def write_termination_message(message: str) -> None:
-    """Leave the reason in the container's termination message (Kubernetes shows it), where there is one."""
-    try:
-        with open(DEFAULT_TERMINATION_LOG, "w", encoding="utf-8") as f:
-            f.write(message[:TERMINATION_MESSAGE_LIMIT])
-    except OSError:
-        pass
 
 
 def eos_token_ids(model: Any, tokenizer: Any) -> list[int]:

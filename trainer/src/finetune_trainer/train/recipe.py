@@ -31,19 +31,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from finetune_trainer.contract import (
-    DEFAULT_TERMINATION_LOG,
-    MODEL_DIR,
-    TERMINATION_MESSAGE_LIMIT,
     ExitCode,
+    MODEL_DIR,
     TrainerConfig,
     checkpoint_dir,
     join_uri,
+    write_termination_message,
 )
 from finetune_trainer.storage import ObjectStore, StorageError, is_s3
 
 log = logging.getLogger("finetune_trainer")
 
-TERMINATION_LOG_ENV = "FINETUNE_TERMINATION_LOG"
 WORK_DIR_ENV = "FINETUNE_WORK_DIR"
 HOLD_AT_STEP_ENV = "FINETUNE_HOLD_AT_STEP"
 """A preemption drill: after this step the trainer writes its progress and holds until it is told to stop
@@ -74,7 +72,7 @@ def run_command(argv: list[str]) -> int:
         config = load_config(Path(args.config))
     except ConfigError as e:
         log.error("%s", e)
-        write_termination_message("InvalidConfig", str(e))
+        write_termination_message(reason="InvalidConfig", message=str(e))
         return int(ExitCode.BAD_INPUT)
 
     from finetune_trainer.train import distributed
@@ -84,7 +82,7 @@ def run_command(argv: list[str]) -> int:
             workers = distributed.worker_environments(os.environ, config.num_gpus)
         except ValueError as e:
             log.error("%s", e)
-            write_termination_message("InvalidConfig", str(e))
+            write_termination_message(reason="InvalidConfig", message=str(e))
             return int(ExitCode.BAD_INPUT)
         if len(workers) > 1:
             from finetune_trainer.train.errors import TrainerFailure
@@ -137,15 +135,6 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
-def write_termination_message(reason: str, message: str) -> None:
-    """Kubernetes shows this file's content as the container's termination message (max 4096 bytes)."""
-    path = os.environ.get(TERMINATION_LOG_ENV, DEFAULT_TERMINATION_LOG)
-    body = f"{reason}: {message}".encode()[:TERMINATION_MESSAGE_LIMIT]
-    try:
-        with open(path, "wb") as f:
-            f.write(body)
-    except OSError:
-        pass  # not in a pod, or not writable: the log line is enough
 
 
 def evenly_spaced_steps(total: int, count: int) -> list[int]:
@@ -190,7 +179,7 @@ class FineTuneRecipe:
         reporter = ProgressReporter(ObjectStore(config.storage), config.output_uri, metrics_port=None)
         reporter.event(f"Job failed: {message}", reason=reason, warning=True)
         reporter.phase("failed", reason=reason, message=message, exit_code=exit_code)
-        write_termination_message(reason, message)
+        write_termination_message(reason=reason, message=message)
 
     def run(self) -> int:
         """The whole job; returns the process exit code."""
@@ -255,7 +244,7 @@ class FineTuneRecipe:
             self.report_early_failure(self.config, reason, message, int(exit_code))
             return int(exit_code)
         if self.env.local_rank == 0:
-            write_termination_message(reason, message)
+            write_termination_message(reason=reason, message=message)
         return int(exit_code)
 
     def _preempted(self) -> int:
@@ -268,7 +257,7 @@ class FineTuneRecipe:
             self.reporter.update(message=message, exit_code=int(ExitCode.PREEMPTED))
             self.reporter.write()
         if self.env.local_rank == 0:
-            write_termination_message("Preempted", message)
+            write_termination_message(reason="Preempted", message=message)
         return int(ExitCode.PREEMPTED)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
