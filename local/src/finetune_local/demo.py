@@ -13,6 +13,7 @@ the kubeconfig and the endpoint's address printed) until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -128,9 +129,8 @@ def start_cluster(work_dir: Path, assets: Path | None = None) -> LocalCluster:
         with cluster.client() as api:
             core = kubernetes.client.CoreV1Api(api)
             core.create_namespace({"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-            core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "finetune-storage"},
-                                                      "stringData": {"accessKey": cluster.store.access_key,
-                                                                     "secretKey": cluster.store.secret_key}})
+        # The namespace's store key reaches its own prefixes and the shared models/ only, as an admin grants it.
+        grant_scoped_key(cluster)
 
         # The runner plays the nodes: it runs the operator's Jobs and Deployments as local processes, with
         # this environment's `finetune-trainer` in place of the trainer image.
@@ -154,6 +154,21 @@ def start_cluster(work_dir: Path, assets: Path | None = None) -> LocalCluster:
     return cluster
 
 
+def grant_scoped_key(cluster: LocalCluster) -> None:
+    """``python -m finetune_operator.storage_keys grant`` for the demo's namespace, against its SeaweedFS."""
+    from finetune_operator import storage_keys
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.kube import Kube
+
+    config = OperatorConfig(storage_bucket=BUCKET, shared_prefixes=[f"s3://{BUCKET}/models"])
+    with cluster.client() as api:
+        kube = Kube(api.configuration)
+        storage_keys.grant(NAMESPACE, config, kube, filer=storage_keys.Filer(cluster.store.filer_url))
+        secret = kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/{config.storage_secret}")
+    keys = [base64.b64decode(secret["data"][k]).decode() for k in ("accessKey", "secretKey")]
+    cluster.store.wait_for_key(*keys, f"s3://{BUCKET}/jobs/{NAMESPACE}")
+
+
 def start_operator(cluster: LocalCluster) -> None:
     credentials = cluster.work_dir / "operator-credentials"
     credentials.mkdir(mode=0o700, exist_ok=True)
@@ -168,6 +183,8 @@ def start_operator(cluster: LocalCluster) -> None:
         "FINETUNE_NAMESPACE": NAMESPACE,
         "FINETUNE_STORAGE_ENDPOINT": cluster.store.endpoint,
         "FINETUNE_STORAGE_SECURE": "false",
+        "FINETUNE_STORAGE_REGION": "us-east-1",
+        "FINETUNE_STORAGE_SCOPED_KEYS": "true",
         "FINETUNE_STORAGE_BUCKET": BUCKET,
         "FINETUNE_STORAGE_CREDENTIALS_DIR": str(credentials),
         "FINETUNE_PROGRESS_INTERVAL_SECONDS": "2",

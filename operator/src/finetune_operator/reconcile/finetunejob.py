@@ -117,7 +117,7 @@ def _create_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
         inputs, problem = trainer_inputs(spec, observed.dataset, observed.validation_dataset, observed.checkpoint_source,
                                          r.out["artifactsUri"], naming.output_model_name(r.namespace, r.name, spec.base_model.uri, spec.suffix),
                                          spec.queue_name or config.default_queue or None, r.namespace, config)
-        problem = tenancy.secret_problem(spec, observed.secrets) or problem
+        problem = tenancy.secret_problem(spec, observed.secrets, r.namespace, config) or problem
         if problem is None and recreating and r.old.get("datasetSha256") and inputs.dataset_sha256 != r.old["datasetSha256"]:
             problem = (Reason.DATASET_CHANGED, f"the Job {naming.trainer_job_name(r.name)} is gone and Dataset {spec.dataset} "
                        f"now holds other data (sha256 {inputs.dataset_sha256}, this job trained on {r.old['datasetSha256']}); "
