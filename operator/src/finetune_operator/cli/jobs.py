@@ -420,9 +420,13 @@ def jobs_download(args: argparse.Namespace) -> int:
     manifest = store.download_artifact(artifact.uri, dest, progress=not args.no_progress)
     what = f"checkpoint at step {artifact.step}" if artifact.label == "checkpoint" else artifact.label
     print(f"downloaded the {what} of {args.name}: {len(manifest.files)} files ({size(manifest.total_size)}) to {dest}/, each sha256 verified")
-    if artifact.label in ("adapter", "checkpoint") and (job.get("spec") or {}).get("method", "lora") != "full":
-        base = ((job.get("spec") or {}).get("baseModel") or {}).get("uri")
-        print(f"load it with peft: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<{base}>), {str(dest)!r})")
+    lora = (job.get("spec") or {}).get("method", "lora") != "full"
+    folder = dest / ("adapter" if lora else "model") if artifact.label == "checkpoint" else dest  # a checkpoint's weights are in a subfolder
+    base = ((job.get("spec") or {}).get("baseModel") or {}).get("uri")
+    if lora and artifact.label in ("adapter", "checkpoint"):
+        print(f"load it with peft: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<{base}>), {str(folder)!r})")
+    else:
+        print(f"load it with transformers: AutoModelForCausalLM.from_pretrained({str(folder)!r})")
     return EXIT_OK
 
 

@@ -28,6 +28,12 @@ def _api_message(error: Any) -> str:
         return str(error.reason or error)
 
 
+def _is_api_error(error: Exception) -> bool:
+    from kubernetes.client.exceptions import ApiException
+
+    return isinstance(error, ApiException)
+
+
 def _is_connection_error(error: Exception) -> bool:
     module = type(error).__module__
     return module.startswith("urllib3") or isinstance(error, (ConnectionError, TimeoutError))
@@ -95,7 +101,7 @@ class Kube:
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # mapped to one line; anything else is a bug and main() reports it
-            if type(e).__name__ == "ApiException" or _is_connection_error(e):
+            if _is_api_error(e) or _is_connection_error(e):
                 raise self.error(e, what, verb, namespace) from None
             raise
 
@@ -176,7 +182,7 @@ class Kube:
         except CliError:
             raise
         except Exception as e:
-            if type(e).__name__ == "ApiException" or _is_connection_error(e):
+            if _is_api_error(e) or _is_connection_error(e):
                 raise self.error(e, f"{READABLE[plural]} {name}", "watch", ns) from None
             raise
         finally:

@@ -26,6 +26,8 @@ class Event:
     reason: str
     message: str
     count: int = 1
+    sequence: int = 0
+    """Order among events of the same second: the API server's resourceVersion, the line of events.jsonl."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -46,15 +48,18 @@ def merged_events(kube: Any, store: Any | None, kind: str, obj: dict[str, Any]) 
     """The object's Kubernetes Events and, when it has an artifacts folder and the store is given, the
     trainer's events.jsonl, oldest first (a tie keeps the trainer's line first: it happened in the pod)."""
     events = [
-        Event(kube_event_time(e), "operator", e.type or "Normal", e.reason or "", e.message or "", e.count or 1)
+        Event(kube_event_time(e), "operator", e.type or "Normal", e.reason or "", e.message or "", e.count or 1,
+              int(e.metadata.resource_version) if str(e.metadata.resource_version or "").isdigit() else 0)
         for e in kube.events_for(kind, obj["metadata"]["name"], obj["metadata"].get("namespace"))
     ]
     artifacts = (obj.get("status") or {}).get("artifactsUri")
     if store is not None and artifacts:
-        for line in store.read_jsonl(contract.join_uri(artifacts, contract.EVENTS_FILE)):
-            events.append(Event(parse_time(line.get("time")), "trainer", line.get("type") or "Normal", line.get("reason") or "", line.get("message") or ""))
+        for i, line in enumerate(store.read_jsonl(contract.join_uri(artifacts, contract.EVENTS_FILE))):
+            events.append(Event(parse_time(line.get("time")), "trainer", line.get("type") or "Normal", line.get("reason") or "",
+                                line.get("message") or "", sequence=i))  # fmt: skip
     order = {"trainer": 0, "operator": 1}
-    return sorted(events, key=lambda e: (e.time or EPOCH, order[e.source]))
+    # Kubernetes Events carry whole seconds: compare at that precision, the pod's line first within a second
+    return sorted(events, key=lambda e: ((e.time or EPOCH).replace(microsecond=0), order[e.source], e.sequence, e.time or EPOCH))
 
 
 def learning_curve(store: Any, job: dict[str, Any]) -> list[contract.StepMetrics]:
