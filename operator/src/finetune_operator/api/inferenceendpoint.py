@@ -131,7 +131,7 @@ class InferenceEndpointSpec(ApiModel):
 
     crd_extra: ClassVar[dict[str, Any]] = {
         "x-kubernetes-validations": [
-            cel("self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))", "adapter names must be unique", field_path=".adapters"),
+            cel("!has(self.adapters) || self.adapters.all(a, self.adapters.exists_one(b, b.name == a.name))", "adapter names must be unique", field_path=".adapters"),
             cel("!has(self.runtime) || self.runtime != 'vllm' || (has(self.resources) && self.resources.gpus > 0)", "runtime vllm needs GPUs (resources.gpus > 0)", field_path=".runtime"),
         ]
     }
