@@ -36,10 +36,19 @@ NAME_PLURALS = {"jobs": "finetunejobs", "datasets": "datasets", "endpoints": "in
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Every name (aliases too) a subcommand answers to."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
     return {}
+
+
+def _primary_names(parser: argparse.ArgumentParser) -> list[str]:
+    """The subcommands' own names, without their aliases (what completion offers)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return [choice.dest for choice in action._choices_actions]
+    return []
 
 
 def _flag_value(words: list[str], *flags: str) -> str | None:
@@ -67,7 +76,7 @@ def candidates(parser: argparse.ArgumentParser, words: list[str]) -> list[str]:
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--") or len(o) == 2]
         return sorted(o for o in set(options) if o.startswith(current))
     if children:
-        return sorted(c for c in children if c.startswith(current) and not c.startswith("_"))
+        return sorted(c for c in _primary_names(parser) if c.startswith(current) and not c.startswith("_"))
     if path and path[-1] == "completion":
         return [s for s in SCRIPTS if s.startswith(current)]
     group = path[0] if path else ""

@@ -48,6 +48,8 @@ def build(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> dict[st
         from finetune_operator.api.evaluation import spec_problems
 
         problems = spec_problems(checked, OperatorConfig())
+    elif kind == "InferenceEndpoint":
+        problems = endpoint_problems(name, checked)
     problems = [p for p in problems if "gpuType" not in p]  # the cluster's GPU types are the operator's to judge
     if problems:
         raise CliError(f"invalid {kind}: {'; '.join(problems[:3])}", EXIT_USAGE)
@@ -57,3 +59,21 @@ def build(kind: str, name: str, namespace: str, spec: dict[str, Any]) -> dict[st
         "metadata": {"name": name, "namespace": namespace},
         "spec": checked.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True),
     }
+
+
+def endpoint_problems(name: str, spec: Any) -> list[str]:
+    """The InferenceEndpoint's CEL rules (the pydantic model leaves them to the API server), said before it is sent."""
+    problems = []
+    if spec.runtime == "vllm" and spec.resources.gpus == 0:
+        problems.append("spec.runtime: runtime vllm needs GPUs (resources.gpus > 0); use runtime builtin on CPU")
+    names = [a.name for a in spec.adapters]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        problems.append(f"spec.adapters: adapter names must be unique ({', '.join(repeated)} repeated)")
+    base = spec.served_model_name or name
+    if base in names:
+        problems.append(f"spec.adapters: {base!r} is the base model's served name; give the adapter another name")
+    for i, adapter in enumerate(spec.adapters):
+        if (adapter.fine_tune_job is None) == (adapter.uri is None):
+            problems.append(f"spec.adapters[{i}]: set exactly one of fineTuneJob and uri")
+    return problems
