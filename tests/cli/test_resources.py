@@ -91,6 +91,8 @@ def test_chat_streams_the_answer_of_the_chosen_model_with_the_endpoints_key(pipe
     assert expected.strip(), "the adapter answers"
     out = ok(pipeline.finetune("chat", "support", TICKET, "--model", "ticket-router", "--system", SYSTEM, "--max-tokens", "8"))
     assert out == expected + "\n"
+    options_first = pipeline.finetune("chat", "support", "--model", "ticket-router", "--system", SYSTEM, "--max-tokens", "8", TICKET)
+    assert ok(options_first) == out, "the prompt after the options, as kubectl users write it"
     piped = ok(pipeline.finetune("chat", "support", "--model", "ticket-router", "--system", SYSTEM, "--max-tokens", "8", input=TICKET))
     assert piped == out, "the prompt from standard input"
     base = ok(pipeline.finetune("chat", "support", "--system", SYSTEM, "--max-tokens", "8", input=TICKET))

@@ -104,7 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["__complete"]:
         print("\n".join(completion.candidates(parser, argv[1:] or [""])))
         return EXIT_OK
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse gives an optional positional (chat's PROMPT) nothing when options come between it and the one
+        # before: `finetune chat support --model m "a prompt"`. Such words are the prompt; anything else is an error.
+        if hasattr(args, "prompt") and args.prompt is None and not any(word.startswith("-") for word in extra):
+            args.prompt = " ".join(extra)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.run(args))
     except CliError as e:
