@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import select
 import subprocess
 import urllib.error
@@ -167,10 +168,11 @@ def test_the_playground_gets_its_answer_from_the_endpoint(pipeline, console, tab
 
 
 def test_a_running_job_moves_on_its_page_and_is_cancelled_from_it(pipeline, console, tab: Tab):
+    from playwright.sync_api import expect
+
     ok(pipeline.finetune("jobs", "create", "held-console", *SMALL))
     tab.open(console + "jobs/held-console")  # opened before it trains: what follows comes from the live refresh
-    tab.page.wait_for_function(f"document.querySelector('#stat-step') && document.querySelector('#stat-step').textContent.startsWith('{HELD_STEP}/')",
-                               timeout=240_000)  # fmt: skip
+    expect(tab.page.locator("#stat-step")).to_have_text(re.compile(rf"^{HELD_STEP}/"), timeout=240_000)
     assert tab.page.locator("#loss-chart .train-point").count() == HELD_STEP
     tab.page.once("dialog", lambda dialog: dialog.accept())
     tab.page.click("#cancel")

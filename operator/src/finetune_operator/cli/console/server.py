@@ -78,6 +78,7 @@ def layout(console: Console, page: pages.Page, path: str) -> str:
 class Handler(BaseHTTPRequestHandler):
     console: Console
     server_version = "finetune-console"
+    protocol_version = "HTTP/1.1"  # keep-alive, and a chunked body for the playground's streamed answer
     allowed_hosts: set[str] = set()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the terminal is the user's
@@ -202,6 +203,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         if not self._host_ok() or self.headers.get("X-Finetune-Console") != "1":
+            self.close_connection = True  # its body is left unread
             self._json({"error": "this console accepts writes only from its own pages"}, HTTPStatus.FORBIDDEN)
             return
         path = urlsplit(self.path).path
@@ -255,14 +257,21 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
+
+        def chunk(text: str) -> None:
+            data = text.encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
         try:
             for text in [first, *chunks] if first else chunks:
-                self.wfile.write(text.encode())
-                self.wfile.flush()
+                chunk(text)
         except CliError as error:
-            self.wfile.write(f"\n[error: {error}]".encode())
-        self.close_connection = True
+            chunk(f"\n[error: {error}]")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
 
 def serve(args: argparse.Namespace) -> tuple[ThreadingHTTPServer, str]:
