@@ -72,7 +72,7 @@ class Tab:
         self.errors: list[str] = []
         self.page.on("console", lambda message: self.errors.append(message.text) if message.type == "error" else None)
         self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("requestfailed", lambda request: self.errors.append(f"{request.url}: {request.failure}"))
+        self.page.on("requestfailed", lambda request: self.errors.append(f"{request.method} {request.url}: {request.failure}"))
 
     def open(self, url: str) -> Any:
         response = self.page.goto(url, wait_until="load")

@@ -78,7 +78,7 @@ def layout(console: Console, page: pages.Page, path: str) -> str:
 class Handler(BaseHTTPRequestHandler):
     console: Console
     server_version = "finetune-console"
-    protocol_version = "HTTP/1.1"  # keep-alive, and a chunked body for the playground's streamed answer
+    # HTTP/1.0: one request per connection, so a browser never reuses a connection the console has let go
     allowed_hosts: set[str] = set()
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the terminal is the user's
@@ -235,7 +235,8 @@ class Handler(BaseHTTPRequestHandler):
         self._json({"message": f"finetunejob {name} cancelled; its checkpoints are kept"})
 
     def _chat(self, name: str, body: dict[str, Any]) -> None:
-        """Stream the answer as plain text chunks (the page appends them as they come)."""
+        """The answer as plain text, once the endpoint has streamed all of it (a buffered body: a chunked one
+        was sometimes reported aborted by the browser after it had been read whole)."""
         from finetune_operator.cli.chat import chat_stream, endpoint_target
 
         prompt = str(body.get("prompt") or "").strip()
@@ -251,27 +252,8 @@ class Handler(BaseHTTPRequestHandler):
         except (TypeError, ValueError):
             raise CliError("max_tokens and temperature must be numbers", EXIT_USAGE) from None
         messages = ([{"role": "system", "content": str(body["system"])}] if body.get("system") else []) + [{"role": "user", "content": prompt}]
-        chunks = chat_stream(target, model, messages, max_tokens, temperature)
-        first = next(chunks, "")  # errors before the first token still become a JSON error answer
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.send_header("Transfer-Encoding", "chunked")
-        self.end_headers()
-
-        def chunk(text: str) -> None:
-            data = text.encode()
-            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
-
-        try:
-            for text in [first, *chunks] if first else chunks:
-                chunk(text)
-        except CliError as error:
-            chunk(f"\n[error: {error}]")
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
+        answer = "".join(chat_stream(target, model, messages, max_tokens, temperature))
+        self._send(200, answer.encode(), "text/plain; charset=utf-8")
 
 
 def serve(args: argparse.Namespace) -> tuple[ThreadingHTTPServer, str]:

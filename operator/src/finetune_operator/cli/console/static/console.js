@@ -73,13 +73,7 @@ function bindPlayground() {
         assistant.classList.add("error");
         assistant.textContent = answer.error || `error ${response.status}`;
       } else {
-        const reader = response.body.getReader();
-        const decoder = new TextDecoder();
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          assistant.textContent += decoder.decode(value, { stream: true });
-        }
+        assistant.textContent = await response.text();
         assistant.dataset.done = "1";
       }
     } finally {
