@@ -160,6 +160,7 @@ def test_unknown_names_and_wrong_namespaces_are_one_line_errors_with_their_exit_
     fails(pipeline.finetune("jobs", "download", "no-such-job"), 3, "finetunejob no-such-job not found")
     fails(pipeline.finetune("jobs", "download", JOB, "--checkpoint", "7"), 3, "no checkpoint at step 7", "13, 26")
     fails(pipeline.finetune("jobs", "get", JOB, "--context", "nope"), 3, "--context nope: no such context")
+    fails(pipeline.finetune("jobs", "list", "--kubeconfig", "/no/such/kubeconfig"), 3, "--kubeconfig /no/such/kubeconfig: no such file")
     assert "No fine-tuning jobs found in namespace no-such-namespace" in ok_or_stderr(pipeline.finetune("jobs", "list", "-n", "no-such-namespace"))
 
 

@@ -184,3 +184,26 @@ def test_completion_scripts_and_candidates_come_from_the_program_and_the_cluster
     assert "ticket-router" in ok(pipeline.finetune("__complete", "jobs", "download", "")).split()
     assert ok(pipeline.finetune("__complete", "chat", "su")).split() == ["support"]
     assert ok(pipeline.finetune("__complete", "jobs", "get", "-n", "default", "")).split() == []
+
+
+def test_chat_on_a_terminal_is_a_conversation_until_exit(pipeline):
+    """stdin a terminal (a pseudo-terminal): prompts, answers, /reset and /exit."""
+    import os
+    import subprocess
+
+    from tests.cli.conftest import BIN
+
+    main, child = os.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    process = subprocess.Popen([str(BIN / "finetune"), "chat", "support", "--model", "ticket-router", "--system", SYSTEM, "--max-tokens", "8"],
+                               stdin=child, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**env, "KUBECONFIG": str(pipeline.kubeconfig)})  # fmt: skip
+    os.close(child)
+    try:
+        os.write(main, f"{TICKET}\n/reset\n/exit\n".encode())
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.close(main)
+    assert process.returncode == 0, err
+    assert out.startswith("Chatting with ticket-router on support (http://")
+    assert f"> {direct_answer(pipeline, 'ticket-router')}\n> > " in out

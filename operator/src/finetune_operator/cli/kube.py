@@ -46,8 +46,14 @@ class Kube:
         from kubernetes import client, config
         from kubernetes.config.config_exception import ConfigException
 
+        import os
+
         self.kubeconfig = kubeconfig
         self.context = context
+        path = kubeconfig or os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or os.path.expanduser("~/.kube/config")
+        if not os.path.exists(path):
+            flag = "--kubeconfig" if kubeconfig else ("KUBECONFIG" if os.environ.get("KUBECONFIG") else "the kubeconfig")
+            raise CliError(f"{flag} {path}: no such file (point --kubeconfig or KUBECONFIG at your cluster's kubeconfig)", EXIT_NOT_FOUND)
         try:
             contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
         except (ConfigException, OSError, TypeError, ValueError) as e:
