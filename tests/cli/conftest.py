@@ -1,4 +1,5 @@
-"""One real pipeline for the CLI and console tests, made once per session in a namespace of its own: the
+"""One real pipeline for the CLI and console tests, made once for this folder in a namespace of its own (and gone
+before other folders' tests start operators that watch every namespace): the
 operator as it runs in production, the local runner in place of the nodes with the REAL trainer, server and
 evaluator, SeaweedFS, and the objects a user applies (a Dataset, a FineTuneJob trained on the tiny model, an
 InferenceEndpoint serving base and adapter behind an API key, an Evaluation of one against the other).
@@ -32,8 +33,8 @@ from tests.conftest import delete_namespace, make_namespace
 from tests.operator.conftest import OperatorProcess, operator_env
 
 BIN = Path(sys.executable).parent
-TINY_MODEL_URI = "s3://finetune/models/tiny"
-DATA_KEY = "uploads/support-tickets.jsonl"
+TINY_MODEL_URI = "s3://finetune/models/cli-tiny"
+DATA_KEY = "uploads/cli/support-tickets.jsonl"
 HELD_STEP = 2
 
 PIPELINE_YAML = """
@@ -43,7 +44,7 @@ metadata:
   name: support-tickets
 spec:
   source:
-    uri: s3://finetune/uploads/support-tickets.jsonl
+    uri: s3://finetune/uploads/cli/support-tickets.jsonl
   format: chat
   validation:
     fraction: 0.2
@@ -54,7 +55,7 @@ metadata:
   name: ticket-router
 spec:
   baseModel:
-    uri: s3://finetune/models/tiny
+    uri: s3://finetune/models/cli-tiny
   dataset: support-tickets
   suffix: router
   hyperparameters:
@@ -76,7 +77,7 @@ metadata:
   name: support
 spec:
   baseModel:
-    uri: s3://finetune/models/tiny
+    uri: s3://finetune/models/cli-tiny
   servedModelName: tiny
   adapters:
     - name: ticket-router
@@ -207,7 +208,7 @@ def ticket_file() -> bytes:
     return "".join(json.dumps(e) + "\n" for e in examples(120, seed=7)).encode()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def pipeline(kube_api, object_store, tmp_path_factory) -> Iterator[Pipeline]:
     import kubernetes.client
 

@@ -51,7 +51,7 @@ def test_a_reader_reads_and_is_refused_the_rest_in_one_line(pipeline, reader: Pa
     fails(pipeline.finetune("jobs", "list", "-n", "default", env=env), 4, "no access: you may not list finetunejobs in namespace default")
     fails(pipeline.finetune("jobs", "delete", "ticket-router", env=env), 4, "no access: you may not delete finetunejob ticket-router")
     assert pipeline.get("finetunejobs", "ticket-router")["status"]["phase"] == "Completed", "nothing was deleted"
-    fails(pipeline.finetune("jobs", "create", "x", "--model", "s3://finetune/models/tiny", "--dataset", "support-tickets", env=env), 4,
+    fails(pipeline.finetune("jobs", "create", "x", "--model", "s3://finetune/models/cli-tiny", "--dataset", "support-tickets", env=env), 4,
           "no access: you may not create finetunejob x")  # fmt: skip
 
     # the object store's keys are in a Secret the reader may not read

@@ -18,7 +18,7 @@ from tests.cli.helpers import as_json, as_yaml, eventually, fails, ok, rows
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 JOB = "ticket-router"
-SMALL = ["--model", "s3://finetune/models/tiny", "--dataset", "support-tickets", "--epochs", "1", "--batch-size", "8",
+SMALL = ["--model", "s3://finetune/models/cli-tiny", "--dataset", "support-tickets", "--epochs", "1", "--batch-size", "8",
          "--max-seq-length", "256", "--no-packing", "--gpus", "0", "--cpu", "1", "--memory", "2Gi", "--n-checkpoints", "1"]  # fmt: skip
 
 
@@ -35,11 +35,11 @@ def test_list_shows_phase_progress_and_model_in_every_output_format(pipeline):
     table = rows(ok(pipeline.finetune("jobs", "list")))
     assert table[0] == ["NAME", "PHASE", "PROGRESS", "MODEL", "AGE"]
     row = next(r for r in table if r[0] == JOB)
-    assert row[1:4] == ["Completed", "100% (26/26)", f"{pipeline.namespace}/tiny:router:{JOB}"]
+    assert row[1:4] == ["Completed", "100% (26/26)", f"{pipeline.namespace}/cli-tiny:router:{JOB}"]
 
     wide = rows(ok(pipeline.finetune("jobs", "list", "-o", "wide")))
     assert wide[0][:6] == ["NAME", "PHASE", "PROGRESS", "MODEL", "METHOD", "BASE MODEL"] and "EVAL LOSS" in wide[0]
-    assert next(r for r in wide if r[0] == JOB)[4:7] == ["lora", "s3://finetune/models/tiny", "support-tickets"]
+    assert next(r for r in wide if r[0] == JOB)[4:7] == ["lora", "s3://finetune/models/cli-tiny", "support-tickets"]
 
     listed = as_json(pipeline.finetune("jobs", "list", "-o", "json"))
     assert listed["kind"] == "List" and JOB in [i["metadata"]["name"] for i in listed["items"]]
@@ -58,7 +58,7 @@ def test_the_kubectl_plugin_and_the_singular_alias_are_the_same_program(pipeline
 
 def test_get_describes_the_job_and_prints_the_object_as_json_or_yaml(pipeline):
     text = ok(pipeline.finetune("jobs", "get", JOB))
-    assert re.search(r"Phase:\s+Completed", text) and re.search(rf"Output model:\s+{pipeline.namespace}/tiny:router:{JOB}", text)
+    assert re.search(r"Phase:\s+Completed", text) and re.search(rf"Output model:\s+{pipeline.namespace}/cli-tiny:router:{JOB}", text)
     assert re.search(r"Checkpoints:\s+13, 26", text) and "eval loss" in text
     wide = ok(pipeline.finetune("jobs", "get", JOB, "-o", "wide"))
     assert "Conditions:" in wide and re.search(r"Succeeded\s+True\s+ModelUploaded", wide)
@@ -173,7 +173,7 @@ def test_create_refuses_bad_flags_missing_inputs_and_existing_names(pipeline):
     fails(pipeline.finetune("jobs", "create", "x", *SMALL, "--epochs", "0"), 2, "spec.hyperparameters.epochs", "greater than or equal to 1")
     fails(pipeline.finetune("jobs", "create", "Bad_Name", *SMALL), 2, "name 'Bad_Name'")
     fails(pipeline.finetune("jobs", "create", "x", "--model", "ftp://x", "--dataset", "support-tickets"), 2, "spec.baseModel.uri")
-    fails(pipeline.finetune("jobs", "create", "x", "--model", "s3://finetune/models/tiny", "--dataset", "nope"), 3, "dataset nope not found")
+    fails(pipeline.finetune("jobs", "create", "x", "--model", "s3://finetune/models/cli-tiny", "--dataset", "nope"), 3, "dataset nope not found")
     fails(pipeline.finetune("jobs", "create", "x", *SMALL, "--from-checkpoint", f"{JOB}:5"), 3, f"--from-checkpoint {JOB}:5", "13, 26")
     fails(pipeline.finetune("jobs", "create", JOB, *SMALL), 1, f"finetunejob {JOB} already exists")
     fails(pipeline.finetune("jobs", "cancel", JOB), 5, "has already ended (Completed)")
@@ -200,7 +200,7 @@ def test_an_unreachable_api_server_is_one_line(pipeline, tmp_path: Path):
 def test_a_job_created_from_the_cli_is_the_job_a_user_would_apply_and_is_watched_until_it_ends(pipeline):
     planned = as_yaml(pipeline.finetune("jobs", "create", "quick", *SMALL, "--suffix", "quick", "--dry-run"))
     assert planned["spec"] == {
-        "baseModel": {"uri": "s3://finetune/models/tiny"}, "dataset": "support-tickets", "suffix": "quick",
+        "baseModel": {"uri": "s3://finetune/models/cli-tiny"}, "dataset": "support-tickets", "suffix": "quick",
         "hyperparameters": {"epochs": 1, "batchSize": 8, "maxSeqLength": 256, "nCheckpoints": 1, "packing": False},
         "resources": {"gpus": 0, "cpu": "1", "memory": "2Gi"},
     }  # fmt: skip

@@ -106,13 +106,13 @@ def test_chat_errors_name_the_model_the_key_and_the_endpoint(pipeline):
 
 
 def test_endpoints_create_writes_the_endpoint_and_chat_waits_for_it_to_be_ready(pipeline):
-    planned = as_yaml(pipeline.finetune("endpoints", "create", "spare", "--model", "s3://finetune/models/tiny", "--adapter",
+    planned = as_yaml(pipeline.finetune("endpoints", "create", "spare", "--model", "s3://finetune/models/cli-tiny", "--adapter",
                                         "ticket-router", "--runtime", "builtin", "--gpus", "0", "--dry-run"))  # fmt: skip
-    assert planned["spec"] == {"baseModel": {"uri": "s3://finetune/models/tiny"}, "adapters": [{"name": "ticket-router", "fineTuneJob": "ticket-router"}],
+    assert planned["spec"] == {"baseModel": {"uri": "s3://finetune/models/cli-tiny"}, "adapters": [{"name": "ticket-router", "fineTuneJob": "ticket-router"}],
                                "runtime": "builtin", "resources": {"gpus": 0}}  # fmt: skip
     fails(pipeline.finetune("endpoints", "create", "spare", "--model", "s3://x/y", "--runtime", "vllm", "--gpus", "0", "--dry-run"), 2, "runtime vllm needs GPUs")
     assert "inferenceendpoint.finetune.dev/spare created" in ok(pipeline.finetune("endpoints", "create", "spare", "--model",
-                                                                                  "s3://finetune/models/tiny", "--runtime", "builtin", "--gpus", "0"))  # fmt: skip
+                                                                                  "s3://finetune/models/cli-tiny", "--runtime", "builtin", "--gpus", "0"))  # fmt: skip
     fails(pipeline.finetune("chat", "spare", "hi"), 5, "inferenceendpoint spare is", "not Ready")
     assert "inferenceendpoint.finetune.dev/spare deleted" in ok(pipeline.finetune("endpoints", "delete", "spare"))
     eventually(lambda: pipeline.finetune("endpoints", "get", "spare").returncode == 3, 60, "spare to be gone")
