@@ -447,6 +447,18 @@ def print_instructions(cluster: LocalCluster, address: str, api_key_file: Path, 
   finetune chat support --model ticket-router --system "{SYSTEM}" "Hey team, the package came damaged yesterday."
   finetune evaluations show router-vs-base --samples 5
 
+# the downloaded adapter in plain transformers and peft (the demo's base model is in {cluster.work_dir / "tiny-support"})
+python - <<'PY'
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base = AutoModelForCausalLM.from_pretrained("{cluster.work_dir / "tiny-support"}")
+tokenizer = AutoTokenizer.from_pretrained("{cluster.work_dir / "tiny-support"}")
+model = PeftModel.from_pretrained(base, "ticket-router-adapter")
+prompt = tokenizer.apply_chat_template([{{"role": "system", "content": "{SYSTEM}"}},
+    {{"role": "user", "content": "My card was charged twice."}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**prompt, max_new_tokens=4, do_sample=False)[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+PY
+
   kubectl get finetunejobs,datasets,inferenceendpoints,evaluations -n {NAMESPACE}
   kubectl describe finetunejob ticket-router -n {NAMESPACE}
   kubectl get events -n {NAMESPACE} --sort-by=.lastTimestamp

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import tempfile
@@ -274,7 +275,8 @@ def run_console(args: argparse.Namespace) -> int:
     server, url = serve(args)
     console = server.RequestHandlerClass.console  # type: ignore[attr-defined]
     print(f"finetune console: {url}  (namespace {console.kube.namespace}; Ctrl-C stops it)", flush=True)
-    if not args.no_browser:
+    graphical = sys.platform in ("darwin", "win32") or os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    if not args.no_browser and graphical:  # never a text browser that would take over this terminal
         import webbrowser
 
         threading.Thread(target=webbrowser.open, args=(url,), daemon=True).start()
