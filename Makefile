@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install tools demo test test-fast crds lint bench-operator bench-trainer bench-dataset bench-serve gpu-check gpu-wheels gpu-env clean
+.PHONY: install tools demo test security-check test-fast crds lint bench-operator bench-trainer bench-dataset bench-serve gpu-check gpu-wheels gpu-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ demo: install
 ## test: every test, as CI runs them
 test: install tools
 	$(PY) -m pytest -q -p no:cacheprovider
+
+## security-check: the red-team suite (tests/security/); the last line is one JSON object: attacks tried, refused
+security-check: install
+	FINETUNE_SECURITY_REPORT=1 $(PY) -m pytest -q -p no:cacheprovider tests/security
 
 ## test-fast: the tests that neither train nor serve a model
 test-fast: install
