@@ -345,3 +345,14 @@ def test_every_value_is_documented() -> None:
     ]
     assert undocumented == []
     assert len(documented) > 60
+
+
+def test_endpoints_admit_the_release_namespace_and_the_listed_ones_and_the_policies_can_be_turned_off() -> None:
+    config = render_chart({}, namespace="ml-platform").one("ConfigMap", "ft-finetune-operator-config")["data"]
+    assert (config["FINETUNE_NETWORK_POLICIES"], config["FINETUNE_SERVER_INGRESS_NAMESPACES"]) == ("true", "ml-platform")
+    values = {"server": {"networkPolicy": {"enabled": False, "allowFromNamespaces": ["monitoring", "ml-platform", "ingress-nginx"]}}}
+    config = render_chart(values, namespace="ml-platform").one("ConfigMap", "ft-finetune-operator-config")["data"]
+    assert config["FINETUNE_NETWORK_POLICIES"] == "false"
+    assert config["FINETUNE_SERVER_INGRESS_NAMESPACES"] == "ml-platform,monitoring,ingress-nginx"
+    with pytest.raises(Exception, match="allowFromNamespaces"):
+        render_chart({"server": {"networkPolicy": {"allowFromNamespaces": ["Not A Namespace"]}}})

@@ -298,7 +298,7 @@ def test_vllm_auth_middleware_takes_a_rotated_key_and_keeps_it_when_the_new_file
 def test_a_new_endpoint_is_deploying_with_its_children_planned():
     plan = run(BASE)
     assert plan.new_phase == "Deploying"
-    assert [c["kind"] for c in plan.apply] == ["ConfigMap", "Deployment", "Service"]
+    assert [c["kind"] for c in plan.apply] == ["ConfigMap", "Deployment", "Service", "NetworkPolicy"]
     assert plan.status["url"] == "http://support-server.team-a.svc:8000/v1"
     assert plan.status["runtime"] == "builtin"
     assert plan.events[0].reason == "Deploying"
@@ -441,3 +441,48 @@ def test_a_vllm_adapter_that_cannot_be_fetched_is_named_while_the_old_pods_keep_
     adapters = {a["name"]: a for a in plan.status["adapters"]}
     assert adapters["gone"]["reason"] == Reason.ADAPTER_LOAD_FAILED and "no manifest.json" in adapters["gone"]["message"]
     assert adapters["good"]["reason"] == Reason.ADAPTER_LOADING, "not served until the rollout completes"
+
+
+# -- who may call it ------------------------------------------------------------------------------
+
+
+def test_the_network_policy_lets_in_the_endpoints_namespace_the_admins_and_the_specs_on_the_api_port_only():
+    config = CONFIG.model_copy(update={"server_ingress_namespaces": ["finetune-system", "monitoring"]})
+    spec = {**BASE, "network": {"allowFromNamespaces": ["team-b-clients"]}}
+    made = server.build_server_children(endpoint(spec), InferenceEndpointSpec.model_validate(spec), [], config)
+    (policy,) = [c for c in made if c["kind"] == "NetworkPolicy"]
+    deployment = children(BASE)["Deployment"]
+    assert policy["metadata"]["name"] == "support-server" and policy["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    selected = policy["spec"]["podSelector"]["matchLabels"]
+    assert selected.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    allowed = [peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"] for peer in rule["from"]]
+    assert allowed == ["finetune-system", "monitoring", "team-a", "team-b-clients"]
+    assert all(set(peer) == {"namespaceSelector"} for peer in rule["from"]), "no podSelector-only peer: it would admit the whole namespace of the policy only"
+    api_port = container(deployment)["ports"][0]
+    assert rule["ports"] == [{"port": api_port["name"], "protocol": "TCP"}]
+
+
+def test_without_network_policies_none_is_made_and_an_old_one_goes():
+    plan = reconcile(endpoint(BASE), Observed(), CONFIG.model_copy(update={"network_policies": False}))
+    assert "NetworkPolicy" not in [c["kind"] for c in plan.apply]
+    assert ("NetworkPolicy", "support-server") in plan.delete
+
+
+@pytest.mark.parametrize("bad", ["Team-B", "a" * 64, "team_b", ""])
+def test_a_namespace_to_allow_must_be_a_namespace_name(bad):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="allow_from_namespaces|allowFromNamespaces|namespace name"):
+        InferenceEndpointSpec.model_validate({**BASE, "network": {"allowFromNamespaces": [bad]}})
+
+
+def test_an_endpoint_without_a_key_says_so_in_a_condition_and_one_with_a_key_says_which():
+    open_endpoint = {c["type"]: c for c in run(BASE).status["conditions"]}["Authenticated"]
+    assert (open_endpoint["status"], open_endpoint["reason"]) == ("False", "NoAPIKey")
+    assert "anyone who can reach the Service" in open_endpoint["message"]
+    keyed = run({**BASE, "apiKeySecretRef": {"name": "support-key"}}, Observed(secrets={"support-key": {"finetune.dev/allow-use": "true"}}))
+    condition = {c["type"]: c for c in keyed.status["conditions"]}.get("Authenticated")
+    assert condition and (condition["status"], condition["reason"]) == ("True", "APIKeyRequired"), keyed.status
+    assert "support-key" in condition["message"]

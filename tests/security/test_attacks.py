@@ -303,6 +303,34 @@ def test_a_namespace_with_an_unscoped_store_key_runs_nothing(stage: Stage) -> No
         core.create_namespaced_secret(ns, saved)
 
 
+# -- serving --------------------------------------------------------------------------------------------------
+
+
+def test_an_endpoint_admits_only_its_own_namespace_and_says_when_it_is_open(stage: Stage) -> None:
+    """B's pods are not let in to A's endpoint (a NetworkPolicy, where the CNI enforces it), and an endpoint
+    without a key says so in its status instead of quietly serving anyone."""
+    stage.apply("""
+        apiVersion: finetune.dev/v1alpha1
+        kind: InferenceEndpoint
+        metadata: {name: open-door}
+        spec:
+          baseModel: {uri: "s3://finetune/models/tiny"}
+        """)
+    status = stage.status_when("inferenceendpoints", "open-door", lambda s: any(c["type"] == "Authenticated" for c in s.get("conditions") or []))
+    (authenticated,) = [c for c in status["conditions"] if c["type"] == "Authenticated"]
+    assert (authenticated["status"], authenticated["reason"]) == ("False", "NoAPIKey")
+    import kubernetes
+
+    networking = kubernetes.client.NetworkingV1Api(stage.kube_api.client())
+    policy = stage.wait_for(lambda: networking.read_namespaced_network_policy("open-door-server", stage.a))
+    (rule,) = policy.spec.ingress
+    allowed = {peer.namespace_selector.match_labels["kubernetes.io/metadata.name"] for peer in rule._from}
+    assert stage.a in allowed and stage.b not in allowed
+    assert all(peer.pod_selector is None and peer.ip_block is None for peer in rule._from)
+    assert stage.kubectl("delete", "inferenceendpoint", "open-door", "--wait=true").returncode == 0
+    stage.wait_until(lambda: not [o for o in stage.pods_and_jobs(stage.a) if "open-door" in o], "the endpoint's children to go")
+
+
 # -- the Kubernetes API itself (a real control plane decides these) --------------------------------------------
 
 

@@ -33,6 +33,9 @@ namespaced:
   - apiGroups: ["autoscaling"]
     resources: ["horizontalpodautoscalers"]
     verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
+  - apiGroups: ["networking.k8s.io"]
+    resources: ["networkpolicies"]
+    verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
   {{- if .Values.peering.enabled }}
   - apiGroups: ["kopf.dev"]
     resources: ["kopfpeerings"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -66,11 +67,19 @@ class OperatorConfig(BaseModel):
         description="comma-separated s3:// prefixes every namespace may read (base models, say) and none may write",
     )
     allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback, link-local and private addresses")
+    network_policies: bool = Field(
+        default=True,
+        description="each InferenceEndpoint gets a NetworkPolicy: only its own namespace, FINETUNE_SERVER_INGRESS_NAMESPACES and its spec.network reach its API",
+    )
+    server_ingress_namespaces: list[str] = Field(
+        default_factory=list,
+        description="comma-separated namespaces whose pods may reach every endpoint (the operator's own, for /health; Prometheus'; an ingress controller's)",
+    )
     ephemeral_storage: str = Field(default="64Gi", description="ephemeral-storage limit of every pod's container (its scratch and cache folders count)")
     validation_deadline_seconds: int = Field(default=3600, ge=60, description="activeDeadlineSeconds of a Dataset's validation Job")
     evaluation_deadline_seconds: int = Field(default=86400, ge=60, description="activeDeadlineSeconds of an Evaluation's Job")
 
-    @field_validator("shared_prefixes", mode="before")
+    @field_validator("shared_prefixes", "server_ingress_namespaces", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -83,6 +92,14 @@ class OperatorConfig(BaseModel):
         for prefix in value:
             if not prefix.startswith("s3://") or len(prefix.rstrip("/").split("/")) < 4:
                 raise ValueError(f"{prefix!r}: a shared prefix is s3://<bucket>/<folder>[/...], never a whole bucket")
+        return value
+
+    @field_validator("server_ingress_namespaces")
+    @classmethod
+    def _namespace_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name):
+                raise ValueError(f"{name!r} is not a namespace name")
         return value
 
     @field_validator("gpu_types", mode="before")

@@ -61,6 +61,7 @@ METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,ap
 JOBS = Resource("batch/v1", "jobs")
 DEPLOYMENTS = Resource("apps/v1", "deployments")
 HPAS = Resource("autoscaling/v2", "horizontalpodautoscalers")
+NETWORK_POLICIES = Resource("networking.k8s.io/v1", "networkpolicies")
 DATASETS = Resource("finetune.dev/v1alpha1", "datasets")
 FINETUNEJOBS = Resource("finetune.dev/v1alpha1", "finetunejobs")
 EVALUATIONS = Resource("finetune.dev/v1alpha1", "evaluations")
@@ -73,6 +74,7 @@ BY_KIND: dict[str, Resource] = {
     "Job": JOBS,
     "Deployment": DEPLOYMENTS,
     "HorizontalPodAutoscaler": HPAS,
+    "NetworkPolicy": NETWORK_POLICIES,
     "Dataset": DATASETS,
     "FineTuneJob": FINETUNEJOBS,
     "Evaluation": EVALUATIONS,
@@ -85,12 +87,13 @@ REQUIRED_PERMISSIONS: list[dict[str, list[str]]] = [
     # The four kinds: kopf watches them, writes its progress annotations and our finalizer (patch).
     {"apiGroups": ["finetune.dev"], "resources": ["datasets", "finetunejobs", "evaluations", "inferenceendpoints"], "verbs": ["get", "list", "watch", "patch", "update"]},
     {"apiGroups": ["finetune.dev"], "resources": ["datasets/status", "finetunejobs/status", "evaluations/status", "inferenceendpoints/status"], "verbs": ["get", "patch", "update"]},
-    # Children: trainer configs, Jobs, server Deployments, their Services and autoscalers.
+    # Children: trainer configs, Jobs, server Deployments, their Services, NetworkPolicies and autoscalers.
     {"apiGroups": [""], "resources": ["configmaps"], "verbs": _CHILD_VERBS},
     {"apiGroups": [""], "resources": ["services"], "verbs": _CHILD_VERBS},
     {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": _CHILD_VERBS},
     {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": _CHILD_VERBS},
     {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": _CHILD_VERBS},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": _CHILD_VERBS},
     # Pods are only read: scheduling state, waiting reasons (a missing Secret), termination messages.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
     # Secrets: only `get`, and only their metadata is asked for: the label by which their owner consents to

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 from finetune_operator.api.common import (
+    DNS_LABEL,
     DNS_SUBDOMAIN,
     ApiModel,
     BaseModelRef,
@@ -36,6 +38,8 @@ class ConditionType:
     READY = "Ready"
     """The endpoint answers requests. Reasons: Ready, Deploying, NoReadyReplicas, InvalidSpec, DeploymentFailed,
     SecretNotFound."""
+    AUTHENTICATED = "Authenticated"
+    """Clients must send a key. Reasons: APIKeyRequired, NoAPIKey (anyone who can reach the Service may call it)."""
     ADAPTERS_READY = "AdaptersReady"
     """Every adapter is served. Reasons: AllAdaptersReady, AdapterNotReady (the others are still served). Each
     adapter's own reason (status.adapters[].reason): FineTuneJobNotFound, FineTuneJobNotCompleted, NotAnAdapter,
@@ -51,6 +55,9 @@ class Reason:
     DEPLOYMENT_FAILED = "DeploymentFailed"
     SECRET_NOT_FOUND = "SecretNotFound"
     SECRET_NOT_ALLOWED = "SecretNotAllowed"
+    # condition Authenticated
+    API_KEY_REQUIRED = "APIKeyRequired"
+    NO_API_KEY = "NoAPIKey"
     # condition AdaptersReady
     ALL_ADAPTERS_READY = "AllAdaptersReady"
     ADAPTER_NOT_READY = "AdapterNotReady"
@@ -108,6 +115,27 @@ class ReplicaSpec(ApiModel):
     crd_extra: ClassVar[dict[str, Any]] = {"x-kubernetes-validations": [cel("self.min <= self.max", "min must not exceed max")]}
 
 
+class EndpointNetwork(ApiModel):
+    """Who may reach the API. The operator makes a NetworkPolicy (where the admin keeps them on) that lets in
+    only pods of the endpoint's own namespace, of the namespaces the admin lists for every endpoint (the
+    operator's own, Prometheus', an ingress controller's) and of the namespaces named here."""
+
+    allow_from_namespaces: list[str] = Field(
+        default_factory=list,
+        max_length=32,
+        description="allowFromNamespaces: namespaces (besides the endpoint's own) whose pods may call the API.",
+        json_schema_extra={"items": {"type": "string", "maxLength": 63, "pattern": DNS_LABEL}},
+    )
+
+    @field_validator("allow_from_namespaces")
+    @classmethod
+    def _namespace_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if len(name) > 63 or not re.match(DNS_LABEL, name):
+                raise ValueError(f"{name!r} is not a namespace name (lower-case letters, digits and '-', at most 63)")
+        return value
+
+
 class InferenceEndpointSpec(ApiModel):
     base_model: BaseModelRef = Field(description="baseModel to serve.")
     served_model_name: str | None = Field(
@@ -127,8 +155,9 @@ class InferenceEndpointSpec(ApiModel):
     api_key_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="apiKeySecretRef names a Secret whose key (default `apiKey`) clients must send as a bearer "
-        "token. Unset: the endpoint needs no key.",
+        "token. Unset: the endpoint needs no key (condition Authenticated says so).",
     )
+    network: EndpointNetwork = Field(default_factory=EndpointNetwork, description="network: who may reach the API (a NetworkPolicy).")
     max_model_len: int = Field(default=4096, ge=64, le=1048576, description="maxModelLen: prompt plus completion tokens per request. Default 4096.")
     max_loras: int = Field(default=8, ge=1, le=256, description="maxLoras in one batch (vllm --max-loras). Default 8.")
     max_lora_rank: LoraRank = Field(

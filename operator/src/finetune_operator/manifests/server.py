@@ -233,7 +233,7 @@ def vllm_adapters_config(spec: InferenceEndpointSpec, adapters: list[ServedAdapt
 def build_server_children(
     owner: dict, spec: InferenceEndpointSpec, adapters: list[ServedAdapter], config: OperatorConfig, runtime_lora_loading: bool = False
 ) -> list[dict]:
-    """[ConfigMap, Deployment, Service, (HorizontalPodAutoscaler)] in creation order.
+    """[ConfigMap, Deployment, Service, (NetworkPolicy), (HorizontalPodAutoscaler)] in creation order.
 
     ``runtime_lora_loading`` (vllm): the adapters are not part of the pod template but of the ConfigMap, and a
     sidecar (``finetune-trainer vllm-adapters``) loads and unloads them in the running vLLM server, as the
@@ -259,6 +259,8 @@ def build_server_children(
     children = [build_config_map(owner_ref, name, namespace, spec, adapters, config, labels, runtime, at_run_time)]
     children.append(build_deployment(owner_ref, name, namespace, spec, adapters, config, labels, runtime, at_run_time))
     children.append(build_service(owner_ref, name, namespace, labels))
+    if config.network_policies:
+        children.append(build_network_policy(owner_ref, name, namespace, spec, labels, config))
     if spec.replicas.min < spec.replicas.max:
         metric = (meta.get("annotations") or {}).get(AUTOSCALING_METRIC_ANNOTATION, "cpu")
         children.append(build_hpa(owner_ref, child, namespace, spec, labels, metric))
@@ -484,6 +486,28 @@ def build_service(owner_ref: dict, name: str, namespace: str, labels: dict[str, 
             "type": "ClusterIP",
             "selector": selector_labels(name),
             "ports": [{"name": PORT_NAME, "port": PORT, "targetPort": PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def ingress_namespaces(namespace: str, spec: InferenceEndpointSpec, config: OperatorConfig) -> list[str]:
+    """The namespaces whose pods may reach the endpoint's API: its own, the admin's, the spec's."""
+    return sorted({namespace, *config.server_ingress_namespaces, *spec.network.allow_from_namespaces})
+
+
+def build_network_policy(owner_ref: dict, name: str, namespace: str, spec: InferenceEndpointSpec, labels: dict[str, str], config: OperatorConfig) -> dict:
+    """Only pods of ``ingress_namespaces`` reach the server pods, and only on the API port. Namespaces are
+    matched by ``kubernetes.io/metadata.name``, the label the API server sets on every namespace and no one
+    else can change. Egress is left alone: the pods fetch from the store (and vLLM's sidecar from its pod)."""
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}} for ns in ingress_namespaces(namespace, spec, config)]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": child_name(name), "namespace": namespace, "labels": labels, "ownerReferences": [owner_ref]},
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(name)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"port": PORT_NAME, "protocol": "TCP"}]}],
         },
     }
 

@@ -210,6 +210,9 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     plan.apply = build_server_children(obj, spec, servable, config, runtime_lora_loading=at_run_time)
     if spec.replicas.min == spec.replicas.max:
         plan.delete.append(("HorizontalPodAutoscaler", child))
+    if not config.network_policies:
+        plan.delete.append(("NetworkPolicy", child))
+    _authentication(r, spec)
     dep_status = (observed.deployment or {}).get("status") or {}
     ready_replicas = int(dep_status.get("readyReplicas") or 0)
     r.out["replicas"] = int(dep_status.get("replicas") or 0)
@@ -217,6 +220,14 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
     reported = runtime == "builtin" or at_run_time
     missing = _adapters(r, plan, resolutions, observed, reported, ready_replicas, served_model_name(r.name, spec))
     return _readiness(r, plan, observed, ready_replicas, missing, child)
+
+
+def _authentication(r: Reconciliation, spec: InferenceEndpointSpec) -> None:
+    """Whether clients must send a key: an open endpoint is a choice the status shows, not a default it hides."""
+    if spec.api_key_secret_ref is not None:
+        r.conditions.set(C.AUTHENTICATED, True, Reason.API_KEY_REQUIRED, f"clients send the key in Secret {spec.api_key_secret_ref.name}")
+    else:
+        r.conditions.set(C.AUTHENTICATED, False, Reason.NO_API_KEY, "no apiKeySecretRef: anyone who can reach the Service may call the API")
 
 
 def _adapters(r: Reconciliation, plan: InferenceEndpointPlan, resolutions: list[AdapterResolution], observed: Observed,
