@@ -366,6 +366,9 @@ class ValidateConfig(_Model):
     output_uri: str = Field(description="s3://bucket/datasets/<ns>/<name>: files go to <output_uri>/<sha256>/")
     report_uri: str = Field(description="where to write the DatasetCheckReport JSON (also on failure)")
     storage: StorageConfig | None = None
+    allow_private_urls: bool = False
+    """The admin allows fetches from loopback, link-local and private addresses (``FINETUNE_ALLOW_PRIVATE_URLS``);
+    otherwise an http(s) source or tokenizer that resolves to one is refused (``finetune_trainer.outbound``)."""
 
 
 class CheckError(_Model):
