@@ -428,6 +428,9 @@ class EvalModel(_Model):
     api_key_file: str | None = None
     model_uri: str | None = Field(default=None, description="base model URI to load directly")
     adapter_uri: str | None = Field(default=None, description="LoRA adapter URI to apply to model_uri")
+    trusted_endpoint: bool = False
+    """The operator resolved ``endpoint`` from an InferenceEndpoint (a Service it made): exempt from the rules for
+    URLs a tenant chose (an API key only over https, no loopback, link-local or private addresses)."""
 
 
 class GraderSpec(_Model):
@@ -473,6 +476,9 @@ class EvaluateConfig(_Model):
     """The dataset already holds responses (`response` per example): grade them, skip inference."""
     output_uri: str
     storage: StorageConfig | None = None
+    allow_private_urls: bool = False
+    """The admin allows a tenant's endpoint URLs (an llm_judge's ``url``) to reach loopback and private addresses
+    (``FINETUNE_ALLOW_PRIVATE_URLS``); endpoints marked ``trustedEndpoint`` are not held to it."""
 
 
 class ScoreRecord(_Model):
