@@ -334,10 +334,37 @@ class StepMetrics(_Model):
     time: _dt.datetime = Field(default_factory=utcnow)
 
 
+def artifact_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside an artifact's folder (absolute, climbing out with ``..``, empty
+    or ``.`` segments, backslashes or control characters); None when it can."""
+    if not path:
+        return "is empty"
+    if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "holds a backslash or a control character"
+    if path.startswith("/"):
+        return "is absolute"
+    parts = path.split("/")
+    if ".." in parts:
+        return "climbs out of the folder with '..'"
+    if any(part in ("", ".") for part in parts):
+        return "has an empty or '.' segment"
+    return None
+
+
 class ManifestFile(_Model):
-    path: str
-    size: int
+    path: str = Field(max_length=1024)
+    """The file's path relative to the artifact's folder, ``/``-separated: never absolute, never with ``..``
+    (a manifest is read back from a tenant-writable place; a download writes each file where it says)."""
+    size: int = Field(ge=0)
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_artifact(cls, path: str) -> str:
+        problem = artifact_path_problem(path)
+        if problem is not None:
+            raise ValueError(f"{path!r} {problem}: a manifest names only files inside its artifact's folder")
+        return path
 
 
 class Manifest(_Model):
