@@ -65,7 +65,7 @@ class OperatorConfig(BaseModel):
         default_factory=list,
         description="comma-separated s3:// prefixes every namespace may read (base models, say) and none may write",
     )
-    allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback, link-local and private addresses")
+    allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback and private addresses (link-local ones, the metadata service, stay refused by the pods)")
     ephemeral_storage: str = Field(default="64Gi", description="ephemeral-storage limit of every pod's container (its scratch and cache folders count)")
     validation_deadline_seconds: int = Field(default=3600, ge=60, description="activeDeadlineSeconds of a Dataset's validation Job")
     evaluation_deadline_seconds: int = Field(default=86400, ge=60, description="activeDeadlineSeconds of an Evaluation's Job")

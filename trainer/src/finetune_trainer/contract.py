@@ -411,7 +411,7 @@ class ValidateConfig(_Model):
     report_uri: str = Field(description="where to write the DatasetCheckReport JSON (also on failure)")
     storage: StorageConfig | None = None
     allow_private_urls: bool = False
-    """The admin allows fetches from loopback, link-local and private addresses (``FINETUNE_ALLOW_PRIVATE_URLS``);
+    """The admin allows fetches from loopback and private addresses (``FINETUNE_ALLOW_PRIVATE_URLS``; link-local ones stay refused);
     otherwise an http(s) source or tokenizer that resolves to one is refused (``finetune_trainer.outbound``)."""
 
 
