@@ -1,4 +1,4 @@
-"""Fixtures for the dataset tests: the malformed corpus, a byte-level tokenizer, a local HTTP file server."""
+"""Fixtures for the dataset tests: the malformed corpus, a byte-level tokenizer, a local HTTP(S) file server."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.tls import self_signed_certificate, serve_tls
 
 CORPUS = Path(__file__).parent / "corpus"
 VALID = CORPUS / "valid"
@@ -97,20 +99,38 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def file_server(tmp_path: Path) -> Iterator[FileServer]:
-    root = tmp_path / "www"
+def _start_file_server(root: Path, certificate: tuple[Path, Path] | None = None) -> Iterator[FileServer]:
     root.mkdir()
     handler = lambda *a, **kw: _Handler(*a, directory=str(root), **kw)  # noqa: E731
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    if certificate is not None:
+        serve_tls(server, certificate)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    scheme = "https" if certificate is not None else "http"
     try:
-        yield FileServer(root=root, url=f"http://127.0.0.1:{server.server_address[1]}")
+        yield FileServer(root=root, url=f"{scheme}://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[FileServer]:
+    yield from _start_file_server(tmp_path / "www")
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def https_file_server(tmp_path: Path, certificate: tuple[Path, Path], monkeypatch) -> Iterator[FileServer]:
+    """The file server over TLS, its certificate trusted through ``SSL_CERT_FILE`` (here and in subprocesses)."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(certificate[0]))
+    yield from _start_file_server(tmp_path / "www-tls", certificate)
 
 
 @dataclass

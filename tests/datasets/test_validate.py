@@ -26,7 +26,7 @@ def test_the_corpus_covers_every_line_rule_and_is_large_enough():
     # Rules the corpus cannot hold as a small committed file are covered by the tests below.
     elsewhere = {
         "not_found", "source_unreachable", "access_denied", "too_large", "line_too_long", "all_too_long",
-        "tokenizer_unavailable", "upload_failed",
+        "tokenizer_unavailable", "upload_failed", "row_too_long",
     }  # fmt: skip
     assert set(RULES) - covered - elsewhere == set()
 
@@ -170,6 +170,35 @@ def test_parquet_rows_are_checked_across_row_groups_with_their_row_numbers(tmp_p
     assert [(e.line, e.rule) for e in report.errors] == [(None, "all_too_long"), (38, "empty_input_ids")]
     assert report.num_samples == 49
     assert report.token_stats.total == 49 * 3
+
+
+def test_a_parquet_row_over_the_row_limit_is_refused_with_its_row_number(tmp_path: Path):
+    rows = [[1, 2, 3]] * 12
+    rows[4] = list(range(101))
+    path = tmp_path / "tokens.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array(rows)}), path)
+
+    report = check_file(path, CheckOptions(max_row_values=100))
+
+    assert [(e.line, e.rule) for e in report.errors] == [(5, "row_too_long")]
+    assert "101 values; the limit is 100 per row" in report.errors[0].message
+    assert report.num_samples == 11 and report.token_stats.max == 3
+
+
+def test_a_small_parquet_file_that_decodes_to_more_than_the_row_group_limit_is_refused_before_decoding(tmp_path: Path):
+    """A compression bomb: 2 MiB of zeros per row group, a few KiB on disk."""
+    path = tmp_path / "bomb.parquet"
+    pq.write_table(pa.table({"input_ids": pa.array([[0] * (1 << 16)] * 4, pa.list_(pa.int64()))}), path, row_group_size=2)
+    assert path.stat().st_size < 64 << 10
+
+    report = check_file(path, CheckOptions(min_samples=4, max_row_group_bytes=1 << 19))
+
+    assert not report.is_check_passed
+    assert [(e.line, e.rule) for e in report.errors] == [(None, "too_large")]
+    message = report.errors[0].message
+    assert "row group 1 of 2 decodes to 1048576 bytes" in message and "the limit is 524288 bytes per row group" in message
+    assert report.num_samples == 0
+    assert check_file(path, CheckOptions(min_samples=4)).is_check_passed  # within the default limit
 
 
 def test_parquet_is_recognised_by_its_magic_without_the_extension(tmp_path: Path):

@@ -27,6 +27,10 @@ def config_for(source: str | Path, out: Path, **more) -> dict:
     return {"source": str(source), "outputUri": str(out / "datasets" / "ns" / "d"), "reportUri": str(out / "report.json"), **more}
 
 
+LOOPBACK = {"allowPrivateUrls": True}
+"""The test's file server is on loopback, which a pod reaches only where the admin allows private addresses."""
+
+
 def files_under(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
@@ -253,7 +257,7 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path: Path)
 def test_an_https_source_is_streamed(tmp_path: Path, file_server: FileServer):
     shutil.copy(VALID / "non_ascii.jsonl", file_server.root / "data.jsonl")
 
-    run = run_validate(tmp_path, config_for(f"{file_server.url}/data.jsonl?X-Amz-Signature=abc123", tmp_path))
+    run = run_validate(tmp_path, config_for(f"{file_server.url}/data.jsonl?X-Amz-Signature=abc123", tmp_path, **LOOPBACK))
 
     assert run.returncode == ExitCode.OK, run.stderr
     assert run.report["sha256"] == sha256(VALID / "non_ascii.jsonl")
@@ -265,17 +269,17 @@ def test_a_source_of_unannounced_size_is_cut_off_at_the_limit(tmp_path: Path, fi
     write_chat(file_server.root / "data.jsonl", 500)
     uri = f"{file_server.url}/nolength/data.jsonl"
 
-    limited = validate_dataset(ValidateConfig.model_validate(config_for(uri, tmp_path / "small", maxBytes=4096)), ObjectStore())
+    limited = validate_dataset(ValidateConfig.model_validate(config_for(uri, tmp_path / "small", maxBytes=4096, **LOOPBACK)), ObjectStore())
     assert limited.errors[0].rule == "too_large" and not limited.retryable
     assert files_under(tmp_path / "small") == []
 
-    whole = validate_dataset(ValidateConfig.model_validate(config_for(uri, tmp_path / "big")), ObjectStore())
+    whole = validate_dataset(ValidateConfig.model_validate(config_for(uri, tmp_path / "big", **LOOPBACK)), ObjectStore())
     assert whole.is_check_passed and whole.num_samples == 500
     assert whole.file_size == (file_server.root / "data.jsonl").stat().st_size
 
 
 def test_an_https_source_that_is_not_there_is_not_found_and_not_retried(tmp_path: Path, file_server: FileServer):
-    run = run_validate(tmp_path, config_for(f"{file_server.url}/missing.jsonl", tmp_path))
+    run = run_validate(tmp_path, config_for(f"{file_server.url}/missing.jsonl", tmp_path, **LOOPBACK))
 
     assert run.returncode == ExitCode.BAD_INPUT
     report = run.report
@@ -289,27 +293,27 @@ def test_an_unreachable_or_failing_server_is_retryable(tmp_path: Path, file_serv
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
 
-    refused = run_validate(tmp_path / "refused", config_for(f"http://127.0.0.1:{closed_port}/data.jsonl", tmp_path / "refused"))
+    refused = run_validate(tmp_path / "refused", config_for(f"http://127.0.0.1:{closed_port}/data.jsonl", tmp_path / "refused", **LOOPBACK))
     assert refused.returncode == ExitCode.RETRYABLE
     assert refused.report["retryable"] is True and refused.report["found"] is False
     assert refused.report["errors"][0]["rule"] == "source_unreachable"
 
-    config = ValidateConfig.model_validate(config_for(f"{file_server.url}/status/503/data.jsonl", tmp_path / "5xx"))
+    config = ValidateConfig.model_validate(config_for(f"{file_server.url}/status/503/data.jsonl", tmp_path / "5xx", **LOOPBACK))
     report = validate_dataset(config, ObjectStore())
     assert report.retryable and report.errors[0].rule == "source_unreachable" and "503" in report.message
 
 
-def test_an_https_source_with_a_token_secret(tmp_path: Path, file_server: FileServer):
-    shutil.copy(VALID / "text.jsonl", file_server.root / "data.jsonl")
+def test_an_https_source_with_a_token_secret(tmp_path: Path, https_file_server: FileServer):
+    shutil.copy(VALID / "text.jsonl", https_file_server.root / "data.jsonl")
     secret = tmp_path / "secret"
     secret.mkdir()
     (secret / "token").write_text(PRIVATE_TOKEN + "\n")
-    uri = f"{file_server.url}/private/data.jsonl"
+    uri = f"{https_file_server.url}/private/data.jsonl"
 
-    without = run_validate(tmp_path / "without", config_for(uri, tmp_path / "without"))
+    without = run_validate(tmp_path / "without", config_for(uri, tmp_path / "without", **LOOPBACK))
     assert without.returncode == ExitCode.BAD_INPUT and without.report["errors"][0]["rule"] == "access_denied"
 
-    run = run_validate(tmp_path / "with", config_for(uri, tmp_path / "with", sourceCredentialsDir=str(secret)))
+    run = run_validate(tmp_path / "with", config_for(uri, tmp_path / "with", sourceCredentialsDir=str(secret), **LOOPBACK))
     assert run.returncode == ExitCode.OK, run.stderr
     assert PRIVATE_TOKEN not in run.stdout + run.stderr + json.dumps(run.report)
 
@@ -322,7 +326,7 @@ def test_token_statistics_with_a_tokenizer_fetched_from_a_hub(tmp_path: Path, fi
     data.write_text("".join(json.dumps({"prompt": "ab" * i, "completion": "c"}) + "\n" for i in range(1, 13)))
 
     run = run_validate(
-        tmp_path, config_for(data, tmp_path, tokenizer="hf://org/tiny", maxSeqLength=5), env={"HF_ENDPOINT": file_server.url}
+        tmp_path, config_for(data, tmp_path, tokenizer="hf://org/tiny", maxSeqLength=5, **LOOPBACK), env={"HF_ENDPOINT": file_server.url}
     )
 
     assert run.returncode == ExitCode.OK, run.stderr
@@ -334,7 +338,7 @@ def test_token_statistics_with_a_tokenizer_fetched_from_a_hub(tmp_path: Path, fi
 def test_a_tokenizer_that_cannot_be_fetched_is_reported(tmp_path: Path, file_server: FileServer, monkeypatch):
     monkeypatch.setenv("HF_ENDPOINT", file_server.url)
     data = write_chat(tmp_path / "data.jsonl", 12)
-    config = ValidateConfig.model_validate(config_for(data, tmp_path, tokenizer="hf://org/missing"))
+    config = ValidateConfig.model_validate(config_for(data, tmp_path, tokenizer="hf://org/missing", **LOOPBACK))
 
     report = validate_dataset(config, ObjectStore())
 

@@ -46,7 +46,8 @@ tiny model far longer on CPU; the judge's verdicts on right and wrong answers ar
 def judge_conversations(judge_url: str) -> list[list[dict[str, str]]]:
     """Judge prompts the evaluation will send for the first two RECORDED answers, each followed by the verdict."""
     grader = LlmJudgeGrader.from_spec(
-        GraderSpec(name="judge", type="llm_judge", judge=EvalModel(name="judge", endpoint=judge_url, model="judge"), rubric=JUDGE_RUBRIC)
+        GraderSpec(name="judge", type="llm_judge", judge=EvalModel(name="judge", endpoint=judge_url, model="judge"), rubric=JUDGE_RUBRIC),
+        allow_private_urls=True,
     )
     turns = parse_dataset("".join(json.dumps(r) + "\n" for r in RECORDED[:2]).encode(), regrade=True)
     return [[*grader.messages(GradeItem(turn, turn.recorded_response("any"))), {"role": "assistant", "content": JUDGE_VERDICT}] for turn in turns]
@@ -117,7 +118,11 @@ def test_models_behind_the_server_are_evaluated_through_its_api(served, tmp_path
     config = write_config(
         tmp_path / "eval.json",
         {
-            "models": [{"name": "base", "endpoint": served, "model": BASE_NAME}, {"name": "tuned", "endpoint": served, "model": "tuned"}],
+            # As the operator writes them for an InferenceEndpoint: its own Service, trusted.
+            "models": [
+                {"name": "base", "endpoint": served, "model": BASE_NAME, "trustedEndpoint": True},
+                {"name": "tuned", "endpoint": served, "model": "tuned", "trustedEndpoint": True},
+            ],
             "baseline": "base",
             "dataset": str(dataset),
             "graders": [{"name": "exact_match", "type": "exact_match"}, {"name": "f1", "type": "f1"}],
@@ -158,6 +163,7 @@ def test_an_llm_judge_behind_the_server_grades_and_garbage_is_never_a_score(serv
                 {"name": "em", "type": "exact_match"},
             ],
             "outputUri": str(tmp_path / "out"),
+            "allowPrivateUrls": True,  # the judges' URLs are on loopback
         },
     )
     assert main(["--config", str(config), "--quiet"]) == 0

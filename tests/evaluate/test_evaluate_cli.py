@@ -94,7 +94,7 @@ def test_an_endpoint_that_fails_some_requests_is_counted_not_fatal(tmp_path, cap
         config = write_config(
             tmp_path / "eval.json",
             {
-                "models": [{"name": "remote", "endpoint": stub.url, "model": "tiny:ft:job", "apiKeyFile": str(key)}],
+                "models": [{"name": "remote", "endpoint": stub.url, "model": "tiny:ft:job", "apiKeyFile": str(key), "trustedEndpoint": True}],
                 "dataset": str(dataset),
                 "graders": [{"name": "em", "type": "exact_match"}],
                 "generation": {"concurrency": 2},
@@ -133,7 +133,7 @@ def test_regrade_grades_the_recorded_responses_without_contacting_any_model(tmp_
         config = write_config(
             tmp_path / "eval.json",
             {
-                "models": [{"name": "base", "endpoint": stub.url, "model": "m"}, {"name": "tuned", "modelUri": str(tmp_path / "no-such-model")}],
+                "models": [{"name": "base", "endpoint": stub.url, "model": "m", "trustedEndpoint": True}, {"name": "tuned", "modelUri": str(tmp_path / "no-such-model")}],
                 "baseline": "base",
                 "regrade": True,
                 "dataset": str(dataset),
@@ -164,6 +164,7 @@ def test_a_judge_that_is_down_leaves_its_column_empty_and_the_run_completes(tmp_
                 {"name": "judge", "type": "llm_judge", "judge": {"name": "judge", "endpoint": closed_port_url(), "model": "judge"}},
             ],
             "outputUri": str(tmp_path / "out"),
+            "allowPrivateUrls": True,  # the judge's URL is on loopback
         },
     )
     assert main(["--config", str(config), "--quiet"]) == 0

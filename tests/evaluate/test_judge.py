@@ -73,7 +73,8 @@ def test_a_judge_that_answers_garbage_or_fails_gives_per_sample_errors(tmp_path)
         spec = GraderSpec(
             name="judge",
             type="llm_judge",
-            judge=EvalModel(name="judge", endpoint=stub.url, model="judge-model", api_key_file=str(key_file)),
+            # A judge behind an InferenceEndpoint: a cluster Service (plain http) the operator resolved.
+            judge=EvalModel(name="judge", endpoint=stub.url, model="judge-model", api_key_file=str(key_file), trusted_endpoint=True),
             rubric="Is the city right?",
         )
         grader = LlmJudgeGrader.from_spec(spec, concurrency=3)
@@ -94,6 +95,6 @@ def test_a_judge_that_answers_garbage_or_fails_gives_per_sample_errors(tmp_path)
 
 def test_a_judge_that_is_down_gives_per_sample_errors():
     spec = GraderSpec(name="judge", type="llm_judge", judge=EvalModel(name="judge", endpoint=closed_port_url(), model="m"))
-    grader = LlmJudgeGrader.from_spec(spec, concurrency=2)
+    grader = LlmJudgeGrader.from_spec(spec, concurrency=2, allow_private_urls=True)
     scores = grader.grade([GradeItem(turn("Capital of France?", "Paris"), "Paris") for _ in range(2)])
     assert [s.reason for s in scores] == ["JudgeUnreachable", "JudgeUnreachable"]

@@ -138,6 +138,15 @@ def test_validation_job_runs_the_trainer_image_restricted_with_credentials_as_fi
     assert config.source_credentials_dir == "/var/run/secrets/finetune/source"
 
 
+def test_the_validator_learns_whether_the_admin_allows_private_addresses():
+    """The pod checks the addresses a source resolves to itself (the operator cannot see DNS answers)."""
+    def allowed(config: OperatorConfig) -> bool:
+        return contract.ValidateConfig.model_validate_json(run(config=config).create[0]["data"]["config.json"]).allow_private_urls
+
+    assert allowed(CONFIG) is False
+    assert allowed(CONFIG.model_copy(update={"allow_private_urls": True})) is True
+
+
 def test_an_https_token_under_another_key_is_mounted_as_the_file_token():
     spec = {"source": {"uri": "https://files.example/chats.jsonl", "secretRef": {"name": "files-token", "key": "bearer"}}}
     pod_spec = run(spec=spec).create[1]["spec"]["template"]["spec"]

@@ -217,6 +217,27 @@ def test_an_llm_judge_behind_an_endpoint_gets_its_key_file():
     assert next(v for v in pod["volumes"] if v["name"] == "api-key-0")["secret"]["items"] == [{"key": "token", "path": "apiKey"}]
 
 
+def test_only_a_judge_url_the_tenant_wrote_is_held_to_the_rules_for_tenants_urls():
+    """Endpoints the operator resolved from InferenceEndpoints are its own Services (plain http in the cluster);
+    a judge's `url` is the tenant's, which the pod checks (https for a key, no private addresses unless allowed)."""
+    spec = {
+        **SPEC,
+        "models": [{"name": "served", "inferenceEndpoint": "chat"}, {"name": "tuned", "fineTuneJob": "support-bot"}],
+        "baseline": "served",
+        "graders": [
+            {"name": "outside", "type": "llm_judge", "rubric": "Right?", "judge": {"url": "https://llm.example/v1", "model": "big"}},
+            {"name": "inside", "type": "llm_judge", "rubric": "Right?", "judge": {"inferenceEndpoint": "chat", "model": "tiny"}},
+        ],
+    }
+    observed = Observed(**INPUTS_READY, endpoints={"chat": READY_ENDPOINT})
+    config = config_of(run(spec=spec, observed=observed))
+    assert [m.trusted_endpoint for m in config.models] == [True, False]
+    assert [g.judge.trusted_endpoint for g in config.graders] == [False, True]
+    assert config.allow_private_urls is False
+    allowing = CONFIG.model_copy(update={"allow_private_urls": True})
+    assert config_of(run(spec=spec, observed=observed, config=allowing)).allow_private_urls is True
+
+
 def test_the_job_is_restricted_has_no_api_access_and_fails_at_once_on_bad_input():
     plan = run(observed=Observed(**INPUTS_READY))
     job_ = job_of(plan)

@@ -136,6 +136,42 @@ def test_a_body_over_the_limit_is_refused_with_413(http):
     assert answer.json()["error"]["code"] == "request_too_large"
 
 
+def test_a_body_over_the_limit_sent_in_chunks_is_refused_with_413(server):
+    """No Content-Length to judge by: the server stops reading at the limit."""
+    connection = http_connection(server)
+    chunks = iter([b'{"model": "tiny-base", "prompt": "', *([b"x" * 8192] * 9), b'"}'])
+    headers = {"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"}
+    connection.request("POST", COMPLETIONS, chunks, headers, encode_chunked=True)
+    answer = connection.getresponse()
+    assert answer.status == 413
+    assert json.loads(answer.read())["error"]["code"] == "request_too_large"
+    connection.close()
+
+
+def test_a_body_that_is_not_json_is_refused_naming_where_it_breaks(http):
+    error = http.post(CHAT, raw=b'{"model": "tiny-base",\n "messages": [}').json()["error"]
+    assert (error["code"], error["type"]) == ("invalid_json", "invalid_request_error")
+    assert "line 2 column" in error["message"]
+    error = http.post(CHAT, raw=b'{"model": "tiny-\xff"}').json()["error"]
+    assert error["code"] == "invalid_json" and "not UTF-8" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 30_000 + b"]" * 30_000,  # deeper than the JSON parser's own recursion
+        json.dumps({"model": "tiny-base", "messages": HELLO, "metadata": json.loads("[" * 80 + "]" * 80)}).encode(),
+    ],
+    ids=["past-the-parser", "in-a-field"],
+)
+def test_a_deeply_nested_body_is_refused_with_400_and_the_server_keeps_answering(http, client, body):
+    answer = http.post(CHAT, raw=body)
+    assert answer.status == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "json_too_deep" and "nested more than 64" in error["message"]
+    assert client.chat.completions.create(model="tiny-base", messages=HELLO, max_tokens=2, temperature=0).usage.completion_tokens == 2
+
+
 def test_an_unknown_model_is_404(client):
     with pytest.raises(openai.NotFoundError) as unknown:
         client.chat.completions.create(model="no-such-model", messages=HELLO, max_tokens=2)

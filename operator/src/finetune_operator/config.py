@@ -66,7 +66,7 @@ class OperatorConfig(BaseModel):
         default_factory=list,
         description="comma-separated s3:// prefixes every namespace may read (base models, say) and none may write",
     )
-    allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback, link-local and private addresses")
+    allow_private_urls: bool = Field(default=False, description="let specs fetch from loopback and private addresses (link-local ones, the metadata service, stay refused by the pods)")
     network_policies: bool = Field(
         default=True,
         description="each InferenceEndpoint gets a NetworkPolicy: only its own namespace, FINETUNE_SERVER_INGRESS_NAMESPACES and its spec.network reach its API",

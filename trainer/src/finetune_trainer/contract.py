@@ -334,10 +334,37 @@ class StepMetrics(_Model):
     time: _dt.datetime = Field(default_factory=utcnow)
 
 
+def artifact_path_problem(path: str) -> str | None:
+    """Why ``path`` cannot name a file inside an artifact's folder (absolute, climbing out with ``..``, empty
+    or ``.`` segments, backslashes or control characters); None when it can."""
+    if not path:
+        return "is empty"
+    if "\\" in path or any(ord(c) < 32 or ord(c) == 127 for c in path):
+        return "holds a backslash or a control character"
+    if path.startswith("/"):
+        return "is absolute"
+    parts = path.split("/")
+    if ".." in parts:
+        return "climbs out of the folder with '..'"
+    if any(part in ("", ".") for part in parts):
+        return "has an empty or '.' segment"
+    return None
+
+
 class ManifestFile(_Model):
-    path: str
-    size: int
+    path: str = Field(max_length=1024)
+    """The file's path relative to the artifact's folder, ``/``-separated: never absolute, never with ``..``
+    (a manifest is read back from a tenant-writable place; a download writes each file where it says)."""
+    size: int = Field(ge=0)
     sha256: str
+
+    @field_validator("path")
+    @classmethod
+    def _inside_the_artifact(cls, path: str) -> str:
+        problem = artifact_path_problem(path)
+        if problem is not None:
+            raise ValueError(f"{path!r} {problem}: a manifest names only files inside its artifact's folder")
+        return path
 
 
 class Manifest(_Model):
@@ -383,6 +410,9 @@ class ValidateConfig(_Model):
     output_uri: str = Field(description="s3://bucket/datasets/<ns>/<name>: files go to <output_uri>/<sha256>/")
     report_uri: str = Field(description="where to write the DatasetCheckReport JSON (also on failure)")
     storage: StorageConfig | None = None
+    allow_private_urls: bool = False
+    """The admin allows fetches from loopback and private addresses (``FINETUNE_ALLOW_PRIVATE_URLS``; link-local ones stay refused);
+    otherwise an http(s) source or tokenizer that resolves to one is refused (``finetune_trainer.outbound``)."""
 
 
 class CheckError(_Model):
@@ -442,6 +472,9 @@ class EvalModel(_Model):
     api_key_file: str | None = None
     model_uri: str | None = Field(default=None, description="base model URI to load directly")
     adapter_uri: str | None = Field(default=None, description="LoRA adapter URI to apply to model_uri")
+    trusted_endpoint: bool = False
+    """The operator resolved ``endpoint`` from an InferenceEndpoint (a Service it made): exempt from the rules for
+    URLs a tenant chose (an API key only over https, no loopback, link-local or private addresses)."""
 
 
 class GraderSpec(_Model):
@@ -487,6 +520,9 @@ class EvaluateConfig(_Model):
     """The dataset already holds responses (`response` per example): grade them, skip inference."""
     output_uri: str
     storage: StorageConfig | None = None
+    allow_private_urls: bool = False
+    """The admin allows a tenant's endpoint URLs (an llm_judge's ``url``) to reach loopback and private addresses
+    (``FINETUNE_ALLOW_PRIVATE_URLS``); endpoints marked ``trustedEndpoint`` are not held to it."""
 
 
 class ScoreRecord(_Model):

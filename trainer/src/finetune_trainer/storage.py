@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from pydantic import ValidationError
+
 from finetune_trainer.contract import MANIFEST_FILE, Manifest, ManifestFile, StorageConfig, parse_s3_uri
 
 CHUNK = 1 << 20
@@ -289,8 +291,16 @@ class ObjectStore:
         return manifest
 
     def read_manifest(self, uri: str) -> Manifest | None:
+        """The artifact's manifest, None when there is none; raises ``IncompleteArtifactError`` naming the field
+        and the rule for one that does not follow the contract (a file path outside the folder, say)."""
         data = self.read_json(f"{uri.rstrip('/')}/{MANIFEST_FILE}")
-        return None if data is None else Manifest.model_validate(data)
+        if data is None:
+            return None
+        try:
+            return Manifest.model_validate(data)
+        except ValidationError as e:
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+            raise IncompleteArtifactError(f"{uri}/{MANIFEST_FILE} does not follow the contract: {problems}") from None
 
     def download_artifact(self, uri: str, folder: Path, verify: bool = True) -> Manifest:
         """Download a complete artifact; refuse one without a manifest or with a file that does not match."""
@@ -298,8 +308,11 @@ class ObjectStore:
         if manifest is None:
             raise IncompleteArtifactError(missing_manifest_message(uri, has_objects=True))
         folder = Path(folder)
+        root = folder.resolve()
         for entry in manifest.files:
             dest = folder / entry.path
+            if root not in dest.resolve().parents:  # the contract refuses such paths; never write outside anyway
+                raise IncompleteArtifactError(f"{uri}/{MANIFEST_FILE} names a file outside the artifact: {entry.path!r}")
             self.download_file(f"{uri.rstrip('/')}/{entry.path}", dest)
             if verify:
                 size = dest.stat().st_size

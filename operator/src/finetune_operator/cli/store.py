@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from finetune_trainer import contract
 
 from finetune_operator.cli.base import EXIT_CORRUPT, EXIT_FAILED, EXIT_FORBIDDEN, EXIT_NOT_FOUND, EXIT_NOT_READY, EXIT_UNREACHABLE, CliError
@@ -195,8 +197,9 @@ class Store:
             return None
         try:
             return contract.Manifest.model_validate_json(body)
-        except ValueError:
-            raise CliError(f"{folder_uri}/manifest.json does not follow the contract", EXIT_CORRUPT) from None
+        except ValidationError as e:  # a path outside the folder, say: a manifest is tenant-written
+            problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors()[:3])
+            raise CliError(f"{folder_uri}/manifest.json does not follow the contract: {problems}", EXIT_CORRUPT) from None
 
     def download_artifact(self, folder_uri: str, dest: Path, progress: bool = True, on_file: Callable[[str], None] | None = None) -> contract.Manifest:
         """Every file the manifest lists, into ``dest``, each checked against its size and sha256; then the

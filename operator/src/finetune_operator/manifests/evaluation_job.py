@@ -78,7 +78,9 @@ def _hf_token(inputs: Inputs) -> SecretKeyRef | None:
     return next((m.hf_token for m in inputs.models if m.hf_token is not None), None)
 
 
-def _eval_model(model: ResolvedModel, secrets: SecretFiles) -> contract.EvalModel:
+def _eval_model(model: ResolvedModel, secrets: SecretFiles, trusted_endpoint: bool) -> contract.EvalModel:
+    """``trusted_endpoint``: the endpoint is an InferenceEndpoint's Service URL this operator resolved, not a URL the
+    tenant wrote (an llm_judge's ``url``), which the pod holds to the rules for tenants' URLs."""
     return contract.EvalModel(
         name=model.name,
         endpoint=model.endpoint,
@@ -86,6 +88,7 @@ def _eval_model(model: ResolvedModel, secrets: SecretFiles) -> contract.EvalMode
         api_key_file=secrets.api_key_file(model.api_key),
         model_uri=model.model_uri,
         adapter_uri=model.adapter_uri,
+        trusted_endpoint=trusted_endpoint and model.endpoint is not None,
     )
 
 
@@ -100,13 +103,13 @@ def evaluate_config(spec: EvaluationSpec, inputs: Inputs, config: OperatorConfig
                 pattern=g.pattern,
                 case_sensitive=g.case_sensitive,
                 threshold=g.threshold,
-                judge=_eval_model(judge, secrets) if judge is not None else None,
+                judge=_eval_model(judge, secrets, trusted_endpoint=g.judge is not None and g.judge.url is None) if judge is not None else None,
                 rubric=g.rubric,
             )
         )
     gen = spec.generation
     return contract.EvaluateConfig(
-        models=[_eval_model(m, secrets) for m in inputs.models],
+        models=[_eval_model(m, secrets, trusted_endpoint=True) for m in inputs.models],  # endpoints only from InferenceEndpoints
         baseline=spec.baseline,
         dataset=inputs.dataset_uri,
         graders=graders,
@@ -120,6 +123,7 @@ def evaluate_config(spec: EvaluationSpec, inputs: Inputs, config: OperatorConfig
             region=config.storage_region or None,
             credentials_dir=common.STORAGE_MOUNT,
         ),
+        allow_private_urls=config.allow_private_urls,
     )
 
 

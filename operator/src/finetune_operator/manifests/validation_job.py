@@ -58,6 +58,7 @@ def validate_config(name: str, namespace: str, uid: str, generation: int | None,
             region=config.storage_region or None,
             credentials_dir=common.STORAGE_MOUNT,
         ),
+        allow_private_urls=config.allow_private_urls,
     )
 
 

@@ -9,22 +9,26 @@ A source that cannot be read raises ``SourceError`` with the checker's rule id, 
 found, and whether trying again later may help (connection refused, timeouts, 5xx: yes; 404, refused
 credentials: no). Messages carry the URI with its query string and user info removed (a presigned URL's
 signature is a credential), and never a key.
+
+URLs are fetched under the rules of ``finetune_trainer.outbound``: a token only over https and only to the
+URL's own origin, checked addresses (no loopback, link-local or private ones unless the admin allows them),
+a few redirects at most. A refusal is a ``SourceError`` whose rule is the rule that refused it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import io
 import os
 import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from finetune_trainer.contract import StorageConfig, parse_s3_uri
+from finetune_trainer.outbound import URLRefused, open_url, redact
 from finetune_trainer.storage import ObjectStore, StorageError, is_s3, local_path
 
 READ_BUFFER = 1 << 20
@@ -41,17 +45,6 @@ class SourceError(RuntimeError):
         self.message = message
         self.found = found
         self.retryable = retryable
-
-
-def redact(uri: str) -> str:
-    """The URI without user info, query string or fragment (where signatures and tokens live)."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.scheme or parts.scheme == "file":
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 class HashingReader(io.RawIOBase):
@@ -175,15 +168,17 @@ def open_source(
     credentials_dir: str | None = None,
     max_bytes: int | None = None,
     timeout: float = HTTP_TIMEOUT_SECONDS,
+    allow_private_urls: bool = False,
 ) -> Source:
-    """Open ``uri`` for streaming. Raises ``SourceError`` when it cannot be found or reached.
+    """Open ``uri`` for streaming. Raises ``SourceError`` when it cannot be found or reached, or may not be.
 
-    ``max_bytes`` bounds what the stream will deliver when the size was not known up front.
+    ``max_bytes`` bounds what the stream will deliver when the size was not known up front;
+    ``allow_private_urls`` (the admin's setting) lets an http(s) URL reach loopback and private addresses.
     """
     if is_s3(uri):
         return _open_s3(uri, source_storage(storage, credentials_dir), max_bytes)
     if uri.startswith(("https://", "http://")):
-        return _open_http(uri, max_bytes, timeout, _bearer_token(credentials_dir))
+        return _open_http(uri, max_bytes, timeout, _bearer_token(credentials_dir), allow_private_urls)
     return _open_local(uri, max_bytes)
 
 
@@ -212,30 +207,31 @@ def _open_local(uri: str, max_bytes: int | None) -> Source:
     return Source(uri=uri, name=path.name, size=size, reader=HashingReader(raw, max_bytes, uri))
 
 
-def _open_http(uri: str, max_bytes: int | None, timeout: float, token: str | None = None) -> Source:
+def _open_http(uri: str, max_bytes: int | None, timeout: float, token: str | None, allow_private_urls: bool) -> Source:
     shown = redact(uri)
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(uri, headers=headers)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 (the scheme is checked above)
-    except urllib.error.HTTPError as e:
-        e.close()
-        if e.code in (404, 410):
-            raise SourceError("not_found", f"{shown}: HTTP {e.code} (not found)") from None
-        if e.code in (401, 403):
-            raise SourceError("access_denied", f"{shown}: HTTP {e.code} (access denied)", found=True) from None
-        retryable = e.code >= 500 or e.code in (408, 429)
-        raise SourceError("source_unreachable", f"{shown}: HTTP {e.code}", retryable=retryable) from None
-    except urllib.error.URLError as e:
-        reason = getattr(e.reason, "strerror", None) or str(e.reason)
+        response = open_url(uri, token=token, headers=headers, timeout=timeout, allow_private=allow_private_urls)
+    except URLRefused as e:
+        raise SourceError(e.rule, e.message) from None
+    except (OSError, http.client.HTTPException) as e:  # refused, reset, timed out, not HTTP
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise SourceError("source_unreachable", f"cannot connect to {shown}: {reason}", retryable=True) from None
-    except (TimeoutError, socket.timeout, ConnectionError) as e:
-        raise SourceError("source_unreachable", f"cannot connect to {shown}: {e}", retryable=True) from None
-    length = response.headers.get("Content-Length")
+    if response.status >= 300:  # an error, or a redirect without a Location
+        response.close()
+        raise _http_failure(shown, response.status)
+    length = response.getheader("Content-Length")
     size = int(length) if length and length.isdigit() else None
     return Source(uri=uri, name=_name_of(uri), size=size, reader=HashingReader(response, max_bytes, uri))
+
+
+def _http_failure(shown: str, status: int) -> SourceError:
+    if status in (404, 410):
+        return SourceError("not_found", f"{shown}: HTTP {status} (not found)")
+    if status in (401, 403):
+        return SourceError("access_denied", f"{shown}: HTTP {status} (access denied)", found=True)
+    retryable = status >= 500 or status in (408, 429)
+    return SourceError("source_unreachable", f"{shown}: HTTP {status}", retryable=retryable)
 
 
 def _s3_failure(uri: str, error: Exception) -> SourceError:
@@ -269,7 +265,7 @@ def _open_s3(uri: str, storage: StorageConfig | None, max_bytes: int | None) -> 
     return Source(uri=uri, name=_name_of(uri), size=size, reader=HashingReader(response, max_bytes, uri))
 
 
-def fetch_tokenizer(uri: str, storage: StorageConfig | None, folder: Path) -> Path:
+def fetch_tokenizer(uri: str, storage: StorageConfig | None, folder: Path, allow_private_urls: bool = False) -> Path:
     """A local ``tokenizer.json`` for ``uri``: a local folder or file, ``s3://`` or ``https://`` (a folder or
     the file itself), or ``hf://org/name[@revision]`` (from ``$HF_ENDPOINT``, default the Hugging Face Hub)."""
     if uri.startswith("file://") or (not is_s3(uri) and "://" not in uri):
@@ -286,6 +282,6 @@ def fetch_tokenizer(uri: str, storage: StorageConfig | None, folder: Path) -> Pa
         uri = uri.rstrip("/") + "/tokenizer.json"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / "tokenizer.json"
-    with open_source(uri, storage, max_bytes=1 << 30) as source:
+    with open_source(uri, storage, max_bytes=1 << 30, allow_private_urls=allow_private_urls) as source:
         source.copy_to(target)
     return target

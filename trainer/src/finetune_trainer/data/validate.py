@@ -45,6 +45,7 @@ from finetune_trainer.contract import CheckError, DatasetCheckReport, DatasetFor
 
 if TYPE_CHECKING:
     import pyarrow
+    import pyarrow.parquet
 
 # ----------------------------------------------------------------------------------------------
 # Rules
@@ -54,7 +55,8 @@ RULES: dict[str, str] = {
     "not_found": "the source does not exist (404, no such key, no such file)",
     "source_unreachable": "the source could not be read (connection refused, timeout, 5xx): may heal by itself",
     "access_denied": "the object store refused the credentials",
-    "too_large": "the file is larger than maxBytes (decided from its size, before reading)",
+    "too_large": "the file is larger than maxBytes (decided from its size, before reading), or a Parquet row group "
+    "decodes to more than the row-group limit (decided from the file's metadata, before decoding)",
     "empty_file": "the file has no bytes, or only blank lines",
     "unknown_format": "no line is a JSON object with a known format's keys",
     "format_mismatch": "the file is not of the format asked for (JSONL asked as parquet, or the reverse)",
@@ -90,6 +92,7 @@ RULES: dict[str, str] = {
     "empty_input_ids": "an empty input_ids list",
     "bad_token_id": "a negative token id in input_ids, or a label that is neither a token id nor -100",
     "length_mismatch": "labels or attention_mask not as long as input_ids",
+    "row_too_long": "a Parquet row whose input_ids holds more values than the row limit",
     "bad_attention_mask": "an attention_mask value other than 0 or 1",
 }
 
@@ -130,6 +133,11 @@ class CheckOptions:
     tokenizer: str | Path | None = None
     """A local folder holding tokenizer.json, or the tokenizer.json file itself."""
     max_line_bytes: int = 16 << 20
+    max_row_values: int = 2 << 20
+    """Parquet: the most token ids one row may hold (16 MiB as int64, the line limit of JSONL)."""
+    max_row_group_bytes: int = 1 << 30
+    """Parquet: the most bytes one row group may decode to, by the file's metadata. The checker decodes a row
+    group at a time, so this bounds its memory where a small, highly compressed file would not."""
     max_depth: int = 64
     token_batch: int = 256
 
@@ -615,6 +623,9 @@ class ParquetChecker:
                 problems.append(("unknown_column", f"unknown column '{name}' (allowed: {', '.join(PARQUET_COLUMNS)})"))
             elif not _is_int_list(schema.field(name).type):
                 problems.append(("bad_column_type", f"column '{name}' must be a list of integers, is {schema.field(name).type}"))
+        oversized = _oversized_row_group(parquet.metadata, self.options.max_row_group_bytes)
+        if oversized is not None:
+            problems.append(("too_large", oversized))
         if problems:
             for rule, message in problems:
                 self.findings.add(None, rule, message)
@@ -649,6 +660,8 @@ class ParquetChecker:
             hit_rows = pc.filter(parents, pc.fill_null(element_mask, False))
             return pc.is_in(pa.array(range(n), pa.int64()), value_set=pc.unique(hit_rows).cast(pa.int64()))
 
+        limit = self.options.max_row_values
+        flag(pc.greater(lengths, limit), "row_too_long", lambda i: f"input_ids has {lengths[i].as_py()} values; the limit is {limit} per row")
         flag(ids.is_null(), "null_value", lambda i: "input_ids is null")
         flag(pc.equal(lengths, 0), "empty_input_ids", lambda i: "input_ids is empty")
         flat_ids = pc.list_flatten(ids)
@@ -726,6 +739,20 @@ def _is_int_list(data_type: pyarrow.DataType) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # Entry points
+
+
+def _oversized_row_group(metadata: pyarrow.parquet.FileMetaData, limit: int) -> str | None:
+    """Why the first row group whose values (counted by the file's metadata, 8 bytes each as int64) take more than
+    ``limit`` bytes is refused; None when none does."""
+    for index in range(metadata.num_row_groups):
+        group = metadata.row_group(index)
+        values = sum(group.column(c).num_values for c in range(group.num_columns))
+        if values * 8 > limit:  # the values decoded, whatever their encoding and compression on disk
+            return (
+                f"row group {index + 1} of {metadata.num_row_groups} decodes to {values * 8} bytes ({values} values of 8 "
+                f"bytes); the limit is {limit} bytes per row group"
+            )
+    return None
 
 
 def is_parquet(name: str | None, head: bytes) -> bool:

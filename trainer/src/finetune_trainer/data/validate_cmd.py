@@ -264,7 +264,7 @@ def check_source(config: ValidateConfig, workdir: Path) -> tuple[DatasetCheckRep
     tokenizer_path = None
     if config.tokenizer:
         try:
-            tokenizer_path = fetch_tokenizer(config.tokenizer, config.storage, workdir / "tokenizer")
+            tokenizer_path = fetch_tokenizer(config.tokenizer, config.storage, workdir / "tokenizer", config.allow_private_urls)
             counter = TokenCounter.load(tokenizer_path)
         except SourceError as e:
             return _failure("tokenizer_unavailable", f"tokenizer: {e.message}", retryable=e.retryable), None
@@ -275,7 +275,11 @@ def check_source(config: ValidateConfig, workdir: Path) -> tuple[DatasetCheckRep
     options = options_of(config, tokenizer_path)
     try:
         source = open_source(
-            config.source, config.storage, credentials_dir=config.source_credentials_dir, max_bytes=config.max_bytes
+            config.source,
+            config.storage,
+            credentials_dir=config.source_credentials_dir,
+            max_bytes=config.max_bytes,
+            allow_private_urls=config.allow_private_urls,
         )
     except SourceError as e:
         return _failure(e.rule, e.message, found=e.found, retryable=e.retryable), None

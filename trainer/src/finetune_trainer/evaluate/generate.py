@@ -71,10 +71,10 @@ class RecordedResponses:
 class EndpointGenerator:
     """Answers from an OpenAI-compatible API, ``settings.concurrency`` requests at a time."""
 
-    def __init__(self, model: EvalModel, settings: GenerationSettings):
+    def __init__(self, model: EvalModel, settings: GenerationSettings, allow_private_urls: bool = False):
         self.model = model
         self.settings = settings
-        self._client = openai_client(model)
+        self._client = openai_client(model, allow_private_urls)
 
     def _sampling(self) -> dict:
         s = self.settings
@@ -201,12 +201,14 @@ class DirectGenerator:
             self.torch.cuda.empty_cache()
 
 
-def open_generator(model: EvalModel, settings: GenerationSettings, regrade: bool, store: ObjectStore, workdir: Path) -> Generator:
+def open_generator(
+    model: EvalModel, settings: GenerationSettings, regrade: bool, store: ObjectStore, workdir: Path, allow_private_urls: bool = False
+) -> Generator:
     """The generator for one model of the config (``regrade``: the dataset's recorded answers)."""
     if regrade:
         return RecordedResponses(model.name)
     if model.endpoint:
-        return EndpointGenerator(model, settings)
+        return EndpointGenerator(model, settings, allow_private_urls)
     if model.model_uri:
         from finetune_trainer.evaluate.model_source import resolve_model_folder
 

@@ -214,8 +214,10 @@ def build_graders(
     settings: GenerationSettings,
     store: ObjectStore,
     workdir: Path,
+    allow_private_urls: bool = False,
 ) -> list[Grader]:
-    """Graders ready to grade, in spec order (loads the embedding model once if a grader needs it)."""
+    """Graders ready to grade, in spec order (loads the embedding model once if a grader needs it);
+    ``allow_private_urls``: the admin's setting for a judge's URL (``finetune_trainer.outbound``)."""
     check_grader_specs(specs)
     graders: list[Grader] = []
     embedders: dict[str | None, object] = {}
@@ -238,7 +240,7 @@ def build_graders(
         elif spec.type == "llm_judge":
             from finetune_trainer.evaluate.judge import LlmJudgeGrader
 
-            graders.append(LlmJudgeGrader.from_spec(spec, concurrency=settings.concurrency))
+            graders.append(LlmJudgeGrader.from_spec(spec, concurrency=settings.concurrency, allow_private_urls=allow_private_urls))
         else:  # unreachable: the config model admits only GRADER_TYPES
             raise BadInput("UnknownGrader", f"grader {spec.name!r}: unknown type {spec.type!r}")
     return graders

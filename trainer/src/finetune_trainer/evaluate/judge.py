@@ -71,6 +71,7 @@ class LlmJudgeGrader:
         threshold: float | None = None,
         concurrency: int = 4,
         max_tokens: int = 512,
+        allow_private_urls: bool = False,
     ):
         self.name = name
         self.judge = judge
@@ -80,10 +81,10 @@ class LlmJudgeGrader:
         self.threshold = threshold
         self.concurrency = concurrency
         self.max_tokens = max_tokens
-        self._client = openai_client(judge)
+        self._client = openai_client(judge, allow_private_urls)
 
     @classmethod
-    def from_spec(cls, spec: GraderSpec, concurrency: int = 4) -> LlmJudgeGrader:
+    def from_spec(cls, spec: GraderSpec, concurrency: int = 4, allow_private_urls: bool = False) -> LlmJudgeGrader:
         assert spec.judge is not None  # checked by check_grader_specs
         return cls(
             spec.name,
@@ -94,6 +95,7 @@ class LlmJudgeGrader:
             spec.threshold,
             concurrency,
             spec.max_tokens,
+            allow_private_urls,
         )
 
     def messages(self, item: GradeItem) -> list[dict[str, str]]:

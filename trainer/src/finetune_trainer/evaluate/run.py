@@ -242,7 +242,7 @@ def run_evaluation(config: EvaluateConfig, store: ObjectStore, workdir: Path) ->
             raise BadInput("DatasetNotFound", f"dataset {config.dataset}: no such object") from None
         raise
     turns = parse_dataset(data, max_examples=config.max_samples, regrade=config.regrade)
-    graders = build_graders(config.graders, config.generation, store, workdir)
+    graders = build_graders(config.graders, config.generation, store, workdir, config.allow_private_urls)
     progress.total_steps = len(turns) * len(config.models)
     progress.write("evaluating")
     log.info("evaluating %d models on %d turns with graders %s", len(config.models), len(turns), ", ".join(g.name for g in graders))
@@ -252,7 +252,7 @@ def run_evaluation(config: EvaluateConfig, store: ObjectStore, workdir: Path) ->
     book = ScoreBook([m.name for m in config.models], [g.name for g in graders])
     with open(artifact / RESULTS_FILE, "w", encoding="utf-8") as results:
         for model in config.models:
-            generator = open_generator(model, config.generation, config.regrade, store, workdir / "models")
+            generator = open_generator(model, config.generation, config.regrade, store, workdir / "models", config.allow_private_urls)
             try:
                 evaluate_model(model.name, generator, turns, graders, book, results, progress)
             finally:

@@ -55,6 +55,9 @@ PUBLIC_PATHS = frozenset({"/health", "/healthz", "/readyz", "/metrics"})
 GENERATION_PATHS = frozenset({"/v1/chat/completions", "/v1/completions"})
 OWNER = "finetune"
 DISCONNECT_CHECK_SECONDS = 1.0
+MAX_JSON_DEPTH = 64
+"""Arrays and objects a request body may nest: an OpenAI request needs a handful (a tool's JSON schema a few
+more); a body of ``[[[[...`` within maxBodyBytes would otherwise exhaust the parser's recursion (a 500)."""
 
 
 @dataclasses.dataclass
@@ -165,11 +168,31 @@ async def read_json(request: web.Request) -> Any:
     if not body:
         raise errors.bad_request("The request body is empty; send a JSON object.")
     try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise errors.bad_request(
-            "We could not parse the JSON body of your request. The body must be a JSON object (Content-Type: application/json)."
-        ) from None
+        value = json.loads(body)
+    except RecursionError:  # the parser's own recursion ran out: far deeper than MAX_JSON_DEPTH
+        raise errors.body_too_deep(MAX_JSON_DEPTH) from None
+    except UnicodeDecodeError:
+        raise errors.body_not_json("it is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise errors.body_not_json(f"{e.msg} at line {e.lineno} column {e.colno}") from None
+    except ValueError as e:
+        raise errors.body_not_json(str(e)[:200]) from None
+    if nested_deeper_than(value, MAX_JSON_DEPTH):
+        raise errors.body_too_deep(MAX_JSON_DEPTH)
+    return value
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` holds arrays and objects more than ``limit`` levels deep (the body itself is level 1);
+    walked without recursion, so no body can exhaust the stack of what later validates or copies it."""
+    pending = [(value, 1)] if isinstance(value, (dict, list)) else []
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

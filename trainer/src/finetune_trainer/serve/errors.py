@@ -65,5 +65,21 @@ def body_too_large(limit: int) -> APIError:
     return APIError(413, f"The request body is larger than {limit} bytes (maxBodyBytes).", "invalid_request_error", None, "request_too_large")
 
 
+def body_not_json(problem: str) -> APIError:
+    return APIError(
+        400,
+        f"We could not parse the JSON body of your request ({problem}). The body must be a JSON object (Content-Type: application/json).",
+        "invalid_request_error",
+        None,
+        "invalid_json",
+    )
+
+
+def body_too_deep(limit: int) -> APIError:
+    return APIError(
+        400, f"The JSON body is nested more than {limit} arrays and objects deep.", "invalid_request_error", None, "json_too_deep"
+    )
+
+
 def unavailable(message: str) -> APIError:
     return APIError(503, message, "server_error", None, "service_unavailable")

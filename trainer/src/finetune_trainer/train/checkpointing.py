@@ -7,11 +7,16 @@ A checkpoint ``<outputUri>/checkpoints/step-N/`` holds:
 * ``rng.pt``: the RNG states of every process (python, torch, CUDA);
 * ``trainer_state.json``: step, epoch, micro-batch position in the epoch, the batch plan's shape;
 * ``manifest.json``, written last by ``ObjectStore.upload_artifact``: without it the checkpoint does not count.
+
+The ``.pt`` files hold tensors and plain values only (dicts, lists, tuples, numbers, strings; the python RNG
+state is a tuple of ints) and are loaded with ``weights_only``: a checkpoint comes back from the job's prefix of
+the store, which the tenant's pods can write, and a pickle that builds any other object could run code.
 """
 
 from __future__ import annotations
 
 import json
+import pickle
 import random
 import re
 from dataclasses import asdict, dataclass
@@ -22,6 +27,7 @@ import torch
 
 from finetune_trainer.contract import CHECKPOINTS_DIR, MANIFEST_FILE, join_uri
 from finetune_trainer.storage import ObjectStore
+from finetune_trainer.train.errors import bad_input
 
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -71,6 +77,20 @@ def complete_checkpoints(store: ObjectStore, output_uri: str) -> list[tuple[int,
             if match:
                 steps.add(int(match.group(1)))
     return [(s, join_uri(root, f"step-{s}")) for s in sorted(steps)]
+
+
+def load_state_file(path: Path) -> Any:
+    """One of a checkpoint's ``.pt`` files, loaded with ``weights_only``. A file that would build any other object
+    than tensors and plain values is refused unloaded (``CheckpointRefused``, exit 42: every retry would meet
+    the same file), naming the file and the rule, not what it holds."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise bad_input(
+            "CheckpointRefused",
+            f"checkpoint {path.parent.name}/{path.name} holds objects other than tensors and plain values; "
+            "refused without loading it (weights_only)",
+        ) from None
 
 
 def capture_rng() -> dict[str, Any]:

@@ -516,18 +516,17 @@ class FineTuneRecipe:
         self.trained_tokens = 0
 
     def _load_training_state(self, folder: Path) -> None:
-        import torch
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         from finetune_trainer.train import checkpointing as ckpt
 
         state = ckpt.TrainerState.load(folder)
-        optim_state = torch.load(folder / ckpt.OPTIMIZER_FILE, map_location="cpu", weights_only=False)
+        optim_state = ckpt.load_state_file(folder / ckpt.OPTIMIZER_FILE)
         set_optimizer_state_dict(
             self.module, self.optimizer, optim_state, options=StateDictOptions(full_state_dict=True)
         )
-        self.scheduler.load_state_dict(torch.load(folder / ckpt.SCHEDULER_FILE, weights_only=False))
-        rng = torch.load(folder / ckpt.RNG_FILE, weights_only=False)
+        self.scheduler.load_state_dict(ckpt.load_state_file(folder / ckpt.SCHEDULER_FILE))
+        rng = ckpt.load_state_file(folder / ckpt.RNG_FILE)
         if len(rng) == self.env.world_size:
             ckpt.restore_rng(rng[self.env.rank])
         self.step = state.step
