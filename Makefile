@@ -42,9 +42,10 @@ demo: install
 test: install tools
 	$(PY) -m pytest -q -p no:cacheprovider
 
-## security-check: the red-team suite (tests/security/); the last line is one JSON object: attacks tried, refused
+## security-check: the red-team suite (tests/security/ and the pods' attack tests); last line: attacks tried, refused
 security-check: install
-	FINETUNE_SECURITY_REPORT=1 $(PY) -m pytest -q -p no:cacheprovider tests/security
+	FINETUNE_SECURITY_REPORT=1 $(PY) -m pytest -q -p no:cacheprovider tests/security tests/datasets/test_fetch_rules.py \
+	  tests/evaluate/test_endpoint_rules.py tests/trainer/test_checkpoint_files.py tests/trainer/test_manifest_paths.py
 
 ## test-fast: the tests that neither train nor serve a model
 test-fast: install

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,6 +67,32 @@ def announce(config: pytest.Config, line: str) -> None:
             reporter.write_line(line)
     else:
         reporter.write_line(line)
+
+
+SECURITY_REPORT_ENV = "FINETUNE_SECURITY_REPORT"
+ATTACK_TESTS = (
+    "tests/security/",  # a tenant through the Kubernetes API and its own store key
+    "tests/datasets/test_fetch_rules.py",  # a Dataset's URL: tokens, redirects, addresses
+    "tests/evaluate/test_endpoint_rules.py",  # a judge's URL: the same rules
+    "tests/trainer/test_checkpoint_files.py",  # a planted pickle among checkpoint files
+    "tests/trainer/test_manifest_paths.py",  # a manifest whose paths climb out of the download folder
+)
+"""What ``make security-check`` runs; each passing test is an attack refused."""
+_attacks: dict[str, bool] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped or not report.nodeid.startswith(ATTACK_TESTS):
+        return  # a skipped attack (one only a real control plane decides) was not tried
+    if report.when == "call" or (report.when == "setup" and not report.passed):
+        _attacks[report.nodeid] = report.passed
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get(SECURITY_REPORT_ENV):
+        refused = sum(_attacks.values())
+        print(json.dumps({"attacks_tried": len(_attacks), "attacks_refused": refused,
+                          "not_refused": sorted(n for n, ok in _attacks.items() if not ok)}))  # fmt: skip
 
 
 def pytest_report_header(config: pytest.Config) -> str:

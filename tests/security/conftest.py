@@ -4,15 +4,14 @@ store, and one operator watching every namespace. On a real control plane the at
 ``edit`` role in A only (the chart's aggregated roles add the four kinds to it); on the project's own API
 server (no authorization) the attacker's requests are the same, and only the operator's checks stand.
 
-Every test is one attack; ``make security-check`` runs this folder and prints, last, one JSON line with the
-attacks tried and refused (a passing test is a refused attack)."""
+Every test is one attack; ``make security-check`` runs this folder with the pods' own attack tests
+(``tests/conftest.py`` lists them) and prints, last, one JSON line with the attacks tried and refused."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
-import os
 import subprocess
 import textwrap
 import time
@@ -25,24 +24,6 @@ import pytest
 
 from tests.conftest import delete_namespace, make_namespace
 from tests.operator.conftest import OperatorProcess, contract_trainer_bin, grant_scoped_key, operator_env, storage_credentials  # noqa: F401
-
-REPORT_ENV = "FINETUNE_SECURITY_REPORT"
-_outcomes: dict[str, bool] = {}
-
-
-def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    if "tests/security/" not in report.nodeid or report.skipped:
-        return  # a skipped attack (one only a real control plane decides) was not tried
-    if report.when == "call" or (report.when == "setup" and not report.passed):
-        _outcomes[report.nodeid] = report.passed
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    if os.environ.get(REPORT_ENV):
-        refused = sum(_outcomes.values())
-        print(json.dumps({"attacks_tried": len(_outcomes), "attacks_refused": refused,
-                          "not_refused": sorted(n.split("::", 1)[-1] for n, ok in _outcomes.items() if not ok)}))  # fmt: skip
-
 
 SECRET_VALUE = "b-team-token-that-must-never-leak-7f3a9c"
 VICTIM_DATA = b'{"messages": [{"role": "user", "content": "B\'s private question"}, {"role": "assistant", "content": "B\'s private answer"}]}\n'
