@@ -30,11 +30,13 @@ import pytest
 import yaml
 
 from tests.conftest import delete_namespace, make_namespace
-from tests.operator.conftest import OperatorProcess, operator_env
+from finetune_operator.tenancy import CONSENT_LABEL
+from tests.operator.conftest import OperatorProcess, grant_scoped_key, operator_env
 
 BIN = Path(sys.executable).parent
 TINY_MODEL_URI = "s3://finetune/models/cli-tiny"
-DATA_KEY = "uploads/cli/support-tickets.jsonl"
+DATA_FILE = "support-tickets.jsonl"
+"""Uploaded to the pipeline namespace's own prefix, ``uploads/<namespace>/``."""
 HELD_STEP = 2
 
 PIPELINE_YAML = """
@@ -44,7 +46,7 @@ metadata:
   name: support-tickets
 spec:
   source:
-    uri: s3://finetune/uploads/cli/support-tickets.jsonl
+    uri: s3://finetune/uploads/NAMESPACE/support-tickets.jsonl
   format: chat
   validation:
     fraction: 0.2
@@ -229,18 +231,17 @@ def pipeline(kube_api, object_store, tmp_path_factory) -> Iterator[Pipeline]:
     tiny = make_tiny_model(work / "tiny-model", seed=0, init_std=0.2, tokenizer_corpus=corpus(2000, seed=1), vocab_size=1024)
     store = ObjectStore(StorageConfig(endpoint=object_store.endpoint, secure=False, credentials_dir=str(credentials)))
     store.upload_artifact(tiny, TINY_MODEL_URI, kind="model")
-    data = ticket_file()
-    object_store.client().put_object("finetune", DATA_KEY, io.BytesIO(data), len(data))
-
     api_key = secrets.token_hex(16)
     with kube_api.client() as api:
         namespace = make_namespace(api, "cli")
     try:
+        data = ticket_file()
+        object_store.client().put_object("finetune", f"uploads/{namespace}/{DATA_FILE}", io.BytesIO(data), len(data))
+        grant_scoped_key(kube_api, object_store, namespace)  # the namespace's store key reaches its prefixes only
         with kube_api.client() as api:
             core = kubernetes.client.CoreV1Api(api)
-            core.create_namespaced_secret(namespace, {"metadata": {"name": "finetune-storage"},
-                                                      "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key}})
-            core.create_namespaced_secret(namespace, {"metadata": {"name": "support-api-key"}, "stringData": {"apiKey": api_key}})
+            core.create_namespaced_secret(namespace, {"metadata": {"name": "support-api-key", "labels": {CONSENT_LABEL: "true"}},
+                                                      "stringData": {"apiKey": api_key}})  # fmt: skip
         kubeconfig = kube_api.server.write_kubeconfig(work / "kubeconfig", namespace=namespace)
         env = operator_env(kube_api, object_store, credentials, FINETUNE_NAMESPACE=namespace, FINETUNE_PROGRESS_INTERVAL_SECONDS="1",
                            FINETUNE_DEFAULT_MEMORY="2Gi")  # fmt: skip
@@ -253,7 +254,7 @@ def pipeline(kube_api, object_store, tmp_path_factory) -> Iterator[Pipeline]:
             operator.start()
             try:
                 made = Pipeline(kube_api, object_store, namespace, kubeconfig, tiny, api_key, runner, operator, work)
-                made.apply(PIPELINE_YAML)
+                made.apply(PIPELINE_YAML.replace("NAMESPACE", namespace))
                 made.phase("finetunejobs", "ticket-router", "Completed")
                 made.phase("evaluations", "router-vs-base", "Completed")
                 yield made

@@ -45,12 +45,12 @@ def test_datasets_download_fetches_the_normalised_files_verified(pipeline, tmp_p
 def test_datasets_delete_and_its_errors(pipeline, tmp_path: Path):
     fails(pipeline.finetune("datasets", "get", "nope"), 3, f"dataset nope not found in namespace {pipeline.namespace}")
     fails(pipeline.finetune("datasets", "download", "nope"), 3, "dataset nope not found")
-    pipeline.apply("""
+    pipeline.apply(f"""
 apiVersion: finetune.dev/v1alpha1
 kind: Dataset
-metadata: {name: scratch}
+metadata: {{name: scratch}}
 spec:
-  source: {uri: "s3://finetune/uploads/no-such-file.jsonl"}
+  source: {{uri: "s3://finetune/uploads/{pipeline.namespace}/no-such-file.jsonl"}}
 """)
     fails(pipeline.finetune("datasets", "download", "scratch"), 5, "dataset scratch is", "not Ready")
     assert "dataset.finetune.dev/scratch deleted" in ok(pipeline.finetune("datasets", "delete", "scratch"))
