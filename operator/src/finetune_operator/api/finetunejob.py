@@ -45,8 +45,9 @@ class ConditionType:
 
     VALIDATED = "Validated"
     """The spec is valid and its inputs are ready. Reasons: InputsReady, InvalidSpec, DatasetNotFound,
-    DatasetNotReady, DatasetInvalid, DatasetChanged (the Job is gone and its Dataset holds other data now),
-    CheckpointNotFound, CheckpointNotReady, SecretNotFound, PodPending."""
+    DatasetNotReady, DatasetInvalid, DatasetWrongFormat (objective dpo needs a preference Dataset, sft any
+    other), DatasetChanged (the Job is gone and its Dataset holds other data now), CheckpointNotFound,
+    CheckpointNotReady, SecretNotFound, PodPending."""
     ADMITTED = "Admitted"
     """The Job may start: not suspended and, with a queue, admitted by Kueue. Reasons: Admitted,
     WaitingForQueue, Suspended."""
@@ -70,6 +71,8 @@ class Reason:
     DATASET_NOT_FOUND = "DatasetNotFound"
     DATASET_NOT_READY = "DatasetNotReady"
     DATASET_INVALID = "DatasetInvalid"
+    DATASET_WRONG_FORMAT = "DatasetWrongFormat"
+    """The Dataset's format does not fit the objective: dpo needs format preference, sft any other."""
     CHECKPOINT_NOT_FOUND = "CheckpointNotFound"
     CHECKPOINT_NOT_READY = "CheckpointNotReady"
     ADMITTED = "Admitted"
@@ -123,6 +126,13 @@ class Hyperparameters(ApiModel, contract.TrainingOptions):
     }
 
 
+class DpoSpec(ApiModel, contract.DpoOptions):
+    """DPO options (objective dpo). beta, lossType and labelSmoothing are defined once, in the operator-trainer
+    contract (``finetune_trainer.contract.DpoOptions``). The reference model is the model the job starts from:
+    the base model (LoRA: the base with a fresh adapter, whose update is zero), the fromCheckpoint model, or
+    the full model it fine-tunes; its log-probabilities are computed once, before the first step."""
+
+
 class OutputSpec(ApiModel):
     """Where the fine-tuned model goes."""
 
@@ -164,6 +174,16 @@ class FineTuneJobSpec(ApiModel):
     method: Literal["lora", "qlora", "full"] = Field(
         default="lora",
         description="method: lora (default), qlora (4-bit base model, GPU only) or full (every weight).",
+    )
+    objective: contract.Objective = Field(
+        default="sft",
+        description="objective: sft (supervised: the next-token loss on the answers of a chat, instruction, text or "
+        "parquet Dataset) or dpo (Direct Preference Optimization on a preference Dataset: the policy learns to rank "
+        "each preferred answer above its non-preferred one, relative to the reference model). Any method. "
+        "Default sft. Immutable.",
+    )
+    dpo: DpoSpec | None = Field(
+        default=None, description="dpo options for objective dpo. Unset: beta 0.1, lossType sigmoid, labelSmoothing 0. Immutable."
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="lora options for methods lora and qlora.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="hyperparameters of the training run.")
@@ -220,6 +240,7 @@ class FineTuneJobSpec(ApiModel):
                 "method qlora needs GPUs (resources.gpus > 0)",
                 field_path=".method",
             ),
+            cel("!has(self.dpo) || self.objective == 'dpo'", "dpo options need objective dpo", field_path=".dpo"),
             cel(
                 "self.numNodes == 1 || !has(self.resources) || self.resources.gpus > 0",
                 "numNodes > 1 needs GPUs on each node (resources.gpus > 0)",
@@ -231,6 +252,8 @@ class FineTuneJobSpec(ApiModel):
             immutable("validationDataset"),
             immutable("validationSplit"),
             immutable("method"),
+            immutable("objective"),
+            immutable("dpo"),
             immutable("lora"),
             immutable("hyperparameters"),
             immutable("resources"),
@@ -252,8 +275,22 @@ class Progress(ApiModel):
     percent: int = Field(default=0, ge=0, le=100, description="percent of the steps done.")
     summary: str = Field(default="", description="summary for `kubectl get`: e.g. `42% (21/50)`.", max_length=64)
     epoch: float = Field(default=0.0, ge=0, description="epoch is the fractional epoch reached.")
-    train_loss: float | None = Field(default=None, description="trainLoss averaged over the last reporting interval.")
-    eval_loss: float | None = Field(default=None, description="evalLoss from the latest validation.")
+    train_loss: float | None = Field(default=None, description="trainLoss of the latest step (objective dpo: the DPO loss).")
+    eval_loss: float | None = Field(default=None, description="evalLoss from the latest validation (objective dpo: the DPO loss).")
+    reward_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="rewardAccuracy (objective dpo): fraction of the latest step's pairs whose preferred answer got the larger reward."
+    )
+    reward_margin: float | None = Field(
+        default=None,
+        description="rewardMargin (objective dpo): mean preferred minus non-preferred reward of the latest step's pairs; "
+        "a reward is beta x (policy - reference) log-probability of an answer.",
+    )
+    eval_reward_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="evalRewardAccuracy (objective dpo): reward accuracy over the validation pairs at the latest validation."
+    )
+    eval_reward_margin: float | None = Field(
+        default=None, description="evalRewardMargin (objective dpo): mean reward margin over the validation pairs at the latest validation."
+    )
     tokens_per_second: float | None = Field(default=None, ge=0, description="tokensPerSecond of trained (non-padding) tokens.")
     eta_seconds: int | None = Field(default=None, ge=0, description="etaSeconds until training ends, estimated.")
     updated_at: dt.datetime | None = Field(default=None, description="updatedAt is when the trainer wrote this progress.")
@@ -325,8 +362,16 @@ def progress_status(progress: contract.Progress) -> dict[str, Any]:
     }
     if total:
         out["totalSteps"] = total
-    for key, value in (("trainLoss", progress.train_loss), ("evalLoss", progress.eval_loss), ("tokensPerSecond", progress.tokens_per_second)):
-        if value is not None and math.isfinite(value):
+    for key, value in (
+        ("trainLoss", progress.train_loss),
+        ("evalLoss", progress.eval_loss),
+        ("tokensPerSecond", progress.tokens_per_second),
+        ("rewardAccuracy", progress.reward_accuracy),
+        ("rewardMargin", progress.reward_margin),
+        ("evalRewardAccuracy", progress.eval_reward_accuracy),
+        ("evalRewardMargin", progress.eval_reward_margin),
+    ):
+        if value is not None and math.isfinite(value) and (not key.endswith("Accuracy") or 0 <= value <= 1):
             out[key] = round(float(value), 6)
     if progress.eta_seconds is not None and math.isfinite(progress.eta_seconds):
         out["etaSeconds"] = max(0, int(progress.eta_seconds))
@@ -341,6 +386,8 @@ def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> l
         problems.append(f"spec.resources.gpuType: unknown GPU type {spec.resources.gpu_type!r} (known: {known})")
     if spec.from_checkpoint and spec.from_checkpoint.partition(":")[0] == name:
         problems.append("spec.fromCheckpoint: a job cannot continue from itself")
+    if spec.dpo is not None and spec.objective != "dpo":
+        problems.append("spec.dpo: dpo options need objective dpo")
     if spec.method == "qlora" and spec.resources.gpus == 0:
         problems.append("spec.method: qlora needs GPUs (resources.gpus > 0)")
     if spec.num_nodes > 1 and spec.resources.gpus == 0:

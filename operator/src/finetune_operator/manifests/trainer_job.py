@@ -63,6 +63,8 @@ def trainer_config(name: str, namespace: str, spec: FineTuneJobSpec, inputs: Tra
         validation_data=inputs.validation_data,
         validation_split=spec.validation_split or 0.0,
         method=spec.method,
+        objective=spec.objective,
+        dpo=contract.DpoOptions.model_validate(spec.dpo.model_dump()) if spec.dpo is not None else contract.DpoOptions(),
         lora=contract.LoraConfig.model_validate({**spec.lora.model_dump(), "target_modules": targets}),
         hyperparameters=contract.Hyperparameters.model_validate(hyperparameters),
         merge=spec.output.merge,
