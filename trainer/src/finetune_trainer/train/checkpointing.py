@@ -5,6 +5,8 @@ A checkpoint ``<outputUri>/checkpoints/step-N/`` holds:
 * ``adapter/`` (PEFT layout) for LoRA/QLoRA, or ``model/`` (safetensors + config) for full fine-tuning;
 * ``optimizer.pt`` and ``scheduler.pt`` (full, unsharded state dicts keyed by parameter name);
 * ``rng.pt``: the RNG states of every process (python, torch, CUDA);
+* ``reference.pt`` (objective dpo): the reference log-probabilities of every pair, which a resumed run
+  cannot compute again from weights that have moved on;
 * ``trainer_state.json``: step, epoch, micro-batch position in the epoch, the batch plan's shape;
 * ``manifest.json``, written last by ``ObjectStore.upload_artifact``: without it the checkpoint does not count.
 """
@@ -27,6 +29,8 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
+REFERENCE_FILE = "reference.pt"
+"""DPO: the reference log-probabilities of the training and validation pairs, computed before the first step."""
 ADAPTER_SUBDIR = "adapter"
 MODEL_SUBDIR = "model"
 
