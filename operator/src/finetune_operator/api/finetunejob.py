@@ -47,7 +47,7 @@ class ConditionType:
     """The spec is valid and its inputs are ready. Reasons: InputsReady, InvalidSpec, DatasetNotFound,
     DatasetNotReady, DatasetInvalid, DatasetWrongFormat (objective dpo needs a preference Dataset, sft any
     other), DatasetChanged (the Job is gone and its Dataset holds other data now), CheckpointNotFound,
-    CheckpointNotReady, SecretNotFound, PodPending."""
+    CheckpointNotReady, CheckpointIncompatible, SecretNotFound, PodPending."""
     ADMITTED = "Admitted"
     """The Job may start: not suspended and, with a queue, admitted by Kueue. Reasons: Admitted,
     WaitingForQueue, Suspended."""
@@ -75,6 +75,8 @@ class Reason:
     """The Dataset's format does not fit the objective: dpo needs format preference, sft any other."""
     CHECKPOINT_NOT_FOUND = "CheckpointNotFound"
     CHECKPOINT_NOT_READY = "CheckpointNotReady"
+    CHECKPOINT_INCOMPATIBLE = "CheckpointIncompatible"
+    """fromCheckpoint names a job whose model this one cannot continue (LoRA and full, another base model)."""
     ADMITTED = "Admitted"
     WAITING_FOR_QUEUE = "WaitingForQueue"
     SUSPENDED = "Suspended"
@@ -198,7 +200,10 @@ class FineTuneJobSpec(ApiModel):
     from_checkpoint: str | None = Field(
         default=None,
         description="fromCheckpoint continues another FineTuneJob of this namespace: `<job>` for its final "
-        "model or `<job>:<step>` for one of its checkpoints. Immutable.",
+        "model or `<job>:<step>` for one of its checkpoints (e.g. objective dpo after an sft job). Methods lora and "
+        "qlora continue a LoRA adapter of the same baseModel; method full a full model: a full job's, or a LoRA "
+        "job's merged model (its output.merge). The output model's name then records the chain: "
+        "<the continued model's name>:<suffix>:<job-name>. Immutable.",
         max_length=270,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]+)?$",
     )
@@ -310,7 +315,11 @@ class OutputModelStatus(ApiModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    name: str = Field(description="name of the output model: <namespace>/<base-model-short>:<suffix>:<job-name>.", max_length=512)
+    name: str = Field(
+        description="name of the output model: <namespace>/<base-model-short>:<suffix>:<job-name>, or with fromCheckpoint "
+        "<the continued model's name>:<suffix>:<job-name>.",
+        max_length=512,
+    )
     uri: str = Field(description="uri of the model folder (the LoRA adapter, or the full model for method full).", max_length=2048)
     merged_uri: str | None = Field(default=None, description="mergedUri of the merged model when output.merge is true.", max_length=2048)
     adapter: bool = Field(default=True, description="adapter is true when uri holds a LoRA adapter for the base model.")

@@ -27,6 +27,9 @@ RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9090
 DATASET_SHA_ANNOTATION = "finetune.dev/dataset-sha256"
 """On the trainer's ConfigMap and Job: the sha256 of the training data they were made from."""
+OUTPUT_MODEL_ANNOTATION = "finetune.dev/output-model-name"
+"""On the trainer's ConfigMap and Job: the output model's name, decided when they were made (a continued
+job's name records the model it continues, which may be gone by the time this one completes)."""
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -104,6 +107,11 @@ SPEC_FIELDS_FOR_THE_OPERATOR = {
 the trainer as they are (a test holds every other spec field to reaching the trainer's config)."""
 
 
+def recorded_model_name(job: dict) -> str | None:
+    """The output model's name the trainer's Job was made with (None for a Job made before names were recorded)."""
+    return ((job.get("metadata") or {}).get("annotations") or {}).get(OUTPUT_MODEL_ANNOTATION)
+
+
 def inputs_from_config_map(config_map: dict | None, owner_uid: str) -> TrainerInputs | None:
     """The inputs a job's ConfigMap was made with, when it belongs to the FineTuneJob ``owner_uid``."""
     if config_map is None:
@@ -145,6 +153,8 @@ def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: TrainerIn
     base_labels = common.labels("trainer", KIND_LABEL, name)
     cfg = trainer_config(name, namespace, spec, inputs, config)
     annotations = {DATASET_SHA_ANNOTATION: inputs.dataset_sha256} if inputs.dataset_sha256 else {}
+    if inputs.output_model_name:
+        annotations[OUTPUT_MODEL_ANNOTATION] = inputs.output_model_name
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

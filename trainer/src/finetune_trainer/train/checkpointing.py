@@ -95,6 +95,17 @@ def is_checkpoint_folder(folder: Path) -> bool:
     return (folder / TRAINER_STATE).exists()
 
 
+def check_continuation(folder: Path, method: str) -> None:
+    """fromCheckpoint: a LoRA or QLoRA job continues an adapter, a full job a full model; say so before loading."""
+    from finetune_trainer.train.errors import bad_input
+
+    adapter = (folder / "adapter_config.json").is_file()
+    if method == "full" and adapter:
+        raise bad_input("ImpossibleConfig", "fromCheckpoint holds a LoRA adapter; method full continues a full model (merge the adapter first)")
+    if method != "full" and not adapter:
+        raise bad_input("ImpossibleConfig", f"fromCheckpoint holds no LoRA adapter (adapter_config.json); method {method} continues an adapter")
+
+
 def weights_folder(folder: Path) -> Path:
     """The adapter or model folder inside a checkpoint, or the folder itself (a job's ``model/`` output)."""
     for sub in (ADAPTER_SUBDIR, MODEL_SUBDIR):

@@ -333,6 +333,7 @@ class FineTuneRecipe:
         elif config.from_checkpoint:
             self.reporter.event(f"Continuing from {config.from_checkpoint}", reason="FromCheckpoint")
             self.init_weights_folder = ckpt.weights_folder(self._fetch(config.from_checkpoint, "from-checkpoint"))
+            ckpt.check_continuation(self.init_weights_folder, config.method)
         if self.resume_folder is not None:
             self.init_weights_folder = ckpt.weights_folder(self.resume_folder)
 
