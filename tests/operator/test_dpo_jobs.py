@@ -85,12 +85,15 @@ def test_dpo_after_sft_starts_from_its_adapter_and_its_model_name_records_the_ch
     assert job["metadata"]["annotations"]["finetune.dev/output-model-name"] == chain
 
     # It completes after the SFT job was deleted: the name was recorded with its Job.
-    done = contract.Progress(phase="done", step=4, total_steps=4, model_uri="s3://ft/jobs/team-a/chat-bot-u-1/model")
+    done = contract.Progress(phase="done", step=4, total_steps=4, model_uri="s3://ft/jobs/team-a/chat-bot-u-1/model",
+                             eval_loss=0.2134, eval_reward_accuracy=0.95, eval_reward_margin=2.4)
     finished = running_world(job, done, pod_phase="Succeeded")
     finished.job["status"] = {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}
     finished.model_complete = True
     completed = run(spec=chained, status=plan.status, observed=finished)
     assert completed.new_phase == "Completed" and completed.status["outputModel"]["name"] == chain
+    words = f"Fine-tuning job completed: model {chain} (validation: DPO loss 0.213, reward accuracy 0.950, reward margin 2.400)"
+    assert completed.status["message"] == words and any(e.message == words for e in completed.events)
 
 
 def test_full_dpo_continues_the_merged_model_of_a_lora_sft_job_and_nothing_else():

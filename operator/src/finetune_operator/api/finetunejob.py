@@ -387,6 +387,18 @@ def progress_status(progress: contract.Progress) -> dict[str, Any]:
     return out
 
 
+def preference_figures(progress: contract.Progress) -> str:
+    """`` (validation: DPO loss 0.21, reward accuracy 0.95, reward margin 2.4)`` for a DPO job's completion,
+    from its latest validation or else its last step; empty for a job that reported no reward figures."""
+    loss, accuracy, margin, where = progress.eval_loss, progress.eval_reward_accuracy, progress.eval_reward_margin, "validation"
+    if accuracy is None:
+        loss, accuracy, margin, where = progress.train_loss, progress.reward_accuracy, progress.reward_margin, "last step"
+    values = (loss, accuracy, margin)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return ""
+    return f" ({where}: DPO loss {loss:.3f}, reward accuracy {accuracy:.3f}, reward margin {margin:.3f})"
+
+
 def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> list[str]:
     """What the CRD schema cannot check: references to operator configuration, self-references."""
     problems = []

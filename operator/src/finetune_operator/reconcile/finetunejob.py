@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from finetune_operator import naming, tenancy
 from finetune_operator.api.finetunejob import ConditionType as C
-from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, progress_status, spec_problems
+from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, preference_figures, progress_status, spec_problems
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, build_trainer_children, inputs_from_config_map, recorded_model_name
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
@@ -226,7 +226,7 @@ def _finished(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec, o
         r.out["outputModel"]["mergedUri"] = progress.merged_model_uri
     r.conditions.set(C.RUNNING, False, Reason.STOPPED, "training finished")
     r.conditions.set(C.SUCCEEDED, True, Reason.MODEL_UPLOADED, f"model {model_name} uploaded")
-    r.out["message"] = f"Fine-tuning job completed: model {model_name}"
+    r.out["message"] = f"Fine-tuning job completed: model {model_name}" + (preference_figures(progress) if spec.objective == "dpo" else "")
     if r.out.get("progress"):
         r.out["progress"] = {**r.out["progress"], "percent": 100, "summary": f"100% ({progress.step}/{progress.total_steps or progress.step})"}
     return r.finish(plan)
