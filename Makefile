@@ -20,13 +20,19 @@ $(STAMP): pyproject.toml
 ## install: the virtual environment with the operator, the trainer and the test tools
 install: $(STAMP)
 
-## tools: promtool (Debian's prometheus package) for the metrics checks; skipped without root or apt
+## tools: promtool (Debian's prometheus package) for the metrics checks and chromium for the console's browser
+## tests; skipped without root or apt (those tests then skip, saying why)
 tools:
 	@command -v promtool >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	      || echo "warning: could not install promtool; its checks will be skipped"; \
 	  else echo "note: promtool not found and no root to install it; its checks will be skipped"; fi; }
+	@[ -x /usr/bin/chromium ] || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null) \
+	      || echo "warning: could not install chromium; the console's browser tests will be skipped"; \
+	  else echo "note: chromium not found and no root to install it; the console's browser tests will be skipped"; fi; }
 
 ## demo: the whole pipeline on this machine: dataset, fine-tune, serve, evaluate
 demo: install

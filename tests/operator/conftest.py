@@ -100,6 +100,8 @@ def operator_env(kube_api, object_store, storage_credentials: Path, **overrides:
             "KUBECONFIG": str(kube_api.operator_kubeconfig()),
             "FINETUNE_STORAGE_ENDPOINT": object_store.endpoint,
             "FINETUNE_STORAGE_SECURE": "false",
+            "FINETUNE_STORAGE_REGION": "us-east-1",
+            "FINETUNE_STORAGE_SCOPED_KEYS": "true",
             "FINETUNE_STORAGE_BUCKET": object_store.bucket,
             "FINETUNE_STORAGE_CREDENTIALS_DIR": str(storage_credentials),
             "FINETUNE_TRAINER_IMAGE": "finetune-trainer:test",
@@ -228,12 +230,35 @@ class Cluster:
         return self.jobs("finetune.dev/finetunejob")
 
     def storage_secret(self, object_store, name: str = "finetune-storage", allow_use: bool = False) -> None:
-        """The object store's keys in a Secret; ``allow_use``: labelled so that a spec may name it."""
+        """The namespace's store Secret as an admin makes it: a key scoped to this namespace's prefixes (and the
+        shared models/), made in SeaweedFS with ``storage_keys grant``. Another ``name``: the store's full keys
+        in a Secret a spec names; ``allow_use``: labelled so that a spec may."""
+        if name == "finetune-storage" and not allow_use:
+            grant_scoped_key(self.kube_api, object_store, self.namespace)
+            return
         labels = {"finetune.dev/allow-use": "true"} if allow_use else {}
         self.core.create_namespaced_secret(
             self.namespace,
             {"metadata": {"name": name, "labels": labels}, "stringData": {"accessKey": object_store.access_key, "secretKey": object_store.secret_key}},
         )
+
+
+def grant_scoped_key(kube_api, object_store, namespace: str) -> tuple[str, str]:
+    """``python -m finetune_operator.storage_keys grant`` for ``namespace``, against the test's SeaweedFS; waits
+    until the gateway has loaded the new identity. Returns the keys."""
+    import base64
+
+    from finetune_operator import storage_keys
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.kube import Kube
+
+    config = OperatorConfig(storage_bucket=object_store.bucket, shared_prefixes=[f"s3://{object_store.bucket}/models"])
+    kube = Kube(kube_api.client().configuration)
+    storage_keys.grant(namespace, config, kube, filer=storage_keys.Filer(object_store.filer_url))
+    secret = kube.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{config.storage_secret}")
+    keys = tuple(base64.b64decode(secret["data"][k]).decode() for k in ("accessKey", "secretKey"))
+    object_store.wait_for_key(*keys, f"s3://{object_store.bucket}/jobs/{namespace}")
+    return keys
 
 
 @pytest.fixture

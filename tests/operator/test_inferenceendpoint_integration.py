@@ -217,11 +217,14 @@ def test_vllm_endpoint_makes_a_gpu_deployment_and_shows_why_it_cannot_run_here(c
     dep = kubernetes.client.AppsV1Api(api).read_namespaced_deployment("gpu-server", cluster.namespace)
     assert dep.spec.replicas == 1  # set at creation; the autoscaler owns it from then on
     template = dep.spec.template
-    assert template.metadata.annotations["finetune.dev/adapters-hash"]
-    [container] = template.spec.containers
+    assert template.metadata.labels["finetune.dev/adapter-loading"] == "runtime", "adapters load into the running server"
+    assert "finetune.dev/adapters-hash" not in (template.metadata.annotations or {})
+    container, sidecar = template.spec.containers
     assert container.command == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
     assert container.args[:2] == ["--model", "/models/base"] and "--enable-lora" in container.args
-    assert container.args[container.args.index("--lora-modules") + 1].startswith("support-v1=/adapters/")
+    assert "--lora-modules" not in container.args
+    assert {e.name: e.value for e in container.env}["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    assert sidecar.command[:2] == ["finetune-trainer", "vllm-adapters"]
     assert container.resources.limits["nvidia.com/gpu"] == "1"
     assert container.readiness_probe.http_get.path == "/health"
     [init] = template.spec.init_containers

@@ -233,9 +233,12 @@ def test_missing_storage_secret_keeps_the_job_pending_with_the_reason(cluster, o
     cluster.core.delete_namespaced_secret("finetune-storage", cluster.namespace)
     cluster.apply(finetunejob_yaml(name="no-secret"))
     pending = cluster.wait_for(
-        "finetunejobs", "no-secret", lambda o: "Secret finetune-storage does not exist" in o.get("status", {}).get("message", ""), timeout=60
-    )
+        "finetunejobs", "no-secret", lambda o: "Secret finetune-storage (this namespace's object store key) does not exist"
+        in o.get("status", {}).get("message", ""), timeout=60,
+    )  # fmt: skip
     assert pending["status"]["phase"] == "Pending"
+    assert "storage_keys grant --namespace" in pending["status"]["message"], "what the admin runs"
+    assert cluster.trainer_jobs() == [], "with scoped keys the Secret is checked before any pod"
 
 
 def test_invalid_specs_never_get_a_job(cluster, object_store, start_operator, runner):

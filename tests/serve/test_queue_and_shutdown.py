@@ -43,7 +43,7 @@ def test_a_full_queue_answers_429_and_the_waiting_request_is_served_later(small_
         running = iter(client.completions.create(model=model, prompt="go on", max_tokens=900, temperature=0, stream=True))
         next(running)  # the only batch slot is taken
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            waiting = pool.submit(client.completions.create, model=model, prompt="me next", max_tokens=3)
+            waiting = pool.submit(client.completions.create, model=model, prompt="me next", max_tokens=3, temperature=0)
             wait_until(lambda: gauges(http) == (1, 1), "one running and one waiting request")
             with pytest.raises(openai.RateLimitError) as refused:
                 client.completions.create(model=model, prompt="and me", max_tokens=3)

@@ -48,3 +48,36 @@ def test_only_rank_zero_writes(tmp_path: Path):
     assert json.loads((tmp_path / "progress.json").read_text())["phase"] == "training"
     (event,) = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert (event["type"], event["reason"], event["message"]) == ("Normal", "JobStarted", "Fine-tuning job started")
+
+
+def curve(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_learning_curve_has_a_line_per_step_and_the_validation_loss_on_its_step(tmp_path: Path):
+    reporter = ProgressReporter(ObjectStore(), str(tmp_path), enabled=True)
+    reporter.phase("training", step=0, total_steps=4)
+    assert not (tmp_path / "metrics.jsonl").exists(), "no step trained yet: no curve"
+    for step, loss in ((1, 2.5), (2, 2.0)):
+        reporter.update(step=step, epoch=step / 4, train_loss=loss, tokens_per_second=100.0)
+    reporter.update(eval_loss=1.9)
+    reporter.update(step=3, epoch=0.75, train_loss=1.5)
+    reporter.write()
+
+    lines = curve(tmp_path)
+    assert [(m["step"], m.get("trainLoss"), m.get("evalLoss")) for m in lines] == [(1, 2.5, None), (2, 2.0, 1.9), (3, 1.5, None)]
+    assert lines[0]["epoch"] == 0.25 and lines[0]["tokensPerSecond"] == 100.0
+
+
+def test_a_resumed_run_keeps_the_curve_and_replaces_the_steps_it_trains_again(tmp_path: Path):
+    first = ProgressReporter(ObjectStore(), str(tmp_path), enabled=True)
+    for step in (1, 2, 3):
+        first.update(step=step, train_loss=3.0 - step / 10)
+    first.phase("training")  # progress.json with the curve, then the process is killed after step 3
+
+    second = ProgressReporter(ObjectStore(), str(tmp_path), enabled=True)
+    second.resume_from(json.loads((tmp_path / "progress.json").read_text()))
+    second.update(step=3, train_loss=0.5)  # resumed from the checkpoint at step 2: step 3 is trained again
+    second.write()
+
+    assert [(m["step"], m["trainLoss"]) for m in curve(tmp_path)] == [(1, 2.9), (2, 2.8), (3, 0.5)]

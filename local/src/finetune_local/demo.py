@@ -13,6 +13,7 @@ the kubeconfig and the endpoint's address printed) until Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import os
@@ -130,9 +131,8 @@ def start_cluster(work_dir: Path, assets: Path | None = None, operator_env: dict
         with cluster.client() as api:
             core = kubernetes.client.CoreV1Api(api)
             core.create_namespace({"metadata": {"name": NAMESPACE, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-            core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": "finetune-storage"},
-                                                      "stringData": {"accessKey": cluster.store.access_key,
-                                                                     "secretKey": cluster.store.secret_key}})
+        # The namespace's store key reaches its own prefixes and the shared models/ only, as an admin grants it.
+        grant_scoped_key(cluster)
 
         # The runner plays the nodes: it runs the operator's Jobs and Deployments as local processes, with
         # this environment's `finetune-trainer` in place of the trainer image.
@@ -156,6 +156,21 @@ def start_cluster(work_dir: Path, assets: Path | None = None, operator_env: dict
     return cluster
 
 
+def grant_scoped_key(cluster: LocalCluster) -> None:
+    """``python -m finetune_operator.storage_keys grant`` for the demo's namespace, against its SeaweedFS."""
+    from finetune_operator import storage_keys
+    from finetune_operator.config import OperatorConfig
+    from finetune_operator.kube import Kube
+
+    config = OperatorConfig(storage_bucket=BUCKET, shared_prefixes=[f"s3://{BUCKET}/models"])
+    with cluster.client() as api:
+        kube = Kube(api.configuration)
+        storage_keys.grant(NAMESPACE, config, kube, filer=storage_keys.Filer(cluster.store.filer_url))
+        secret = kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/secrets/{config.storage_secret}")
+    keys = [base64.b64decode(secret["data"][k]).decode() for k in ("accessKey", "secretKey")]
+    cluster.store.wait_for_key(*keys, f"s3://{BUCKET}/jobs/{NAMESPACE}")
+
+
 def start_operator(cluster: LocalCluster) -> None:
     credentials = cluster.work_dir / "operator-credentials"
     credentials.mkdir(mode=0o700, exist_ok=True)
@@ -170,6 +185,8 @@ def start_operator(cluster: LocalCluster) -> None:
         "FINETUNE_NAMESPACE": NAMESPACE,
         "FINETUNE_STORAGE_ENDPOINT": cluster.store.endpoint,
         "FINETUNE_STORAGE_SECURE": "false",
+        "FINETUNE_STORAGE_REGION": "us-east-1",
+        "FINETUNE_STORAGE_SCOPED_KEYS": "true",
         "FINETUNE_STORAGE_BUCKET": BUCKET,
         "FINETUNE_STORAGE_CREDENTIALS_DIR": str(credentials),
         "FINETUNE_PROGRESS_INTERVAL_SECONDS": "2",
@@ -189,6 +206,30 @@ def start_operator(cluster: LocalCluster) -> None:
                         lambda: cluster.operator_log.read_text(errors="replace")[-3000:])
     except NotLive as error:
         raise DemoFailed(str(error)) from None
+
+
+CONSOLE_PORT = 8765
+
+
+def start_console(cluster: LocalCluster) -> str:
+    """`finetune console` with the demo's kubeconfig (as a user would run it); returns its URL."""
+    port = CONSOLE_PORT
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:  # taken: any free port
+            port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FINETUNE_", "AWS_"))}
+    log_path = cluster.work_dir / "console.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen([str(Path(sys.executable).parent / "finetune"), "console", "--port", str(port), "--no-browser",
+                                    "--kubeconfig", str(cluster.kubeconfig), "-n", NAMESPACE],
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)  # fmt: skip
+    cluster.stack.callback(stop_process, process)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_live(process, url + "jobs", 30, "the console", lambda: log_path.read_text(errors="replace")[-3000:])
+    except NotLive as error:
+        raise DemoFailed(str(error)) from None
+    return url
 
 
 def stop_process(process: subprocess.Popen) -> None:
@@ -412,13 +453,35 @@ def print_results(cluster: LocalCluster, evaluation: dict, address: str, api_key
         say(f"  model ticket-router (fine-tuned)  -> {ask(address, api_key, 'ticket-router', ticket)!r}")
 
 
-def print_instructions(cluster: LocalCluster, address: str, api_key_file: Path, keep: bool) -> None:
+def print_instructions(cluster: LocalCluster, address: str, api_key_file: Path, keep: bool, console_url: str | None = None) -> None:
     kubeconfig = cluster.kubeconfig
     step("Try it yourself" if keep else "Next steps")
+    if console_url:
+        say(f"Web console: {console_url}   (the job's loss curve, the evaluation side by side, a playground)")
     if not keep:
         say("Run `make demo KEEP=1` to keep everything running after the table, then, in another shell:")
     say(f"""
-  export KUBECONFIG={kubeconfig}
+  export KUBECONFIG={kubeconfig}     # the context's namespace is {NAMESPACE}
+  export PATH={Path(sys.executable).parent}:$PATH
+  finetune jobs list
+  finetune jobs watch ticket-router
+  finetune jobs events ticket-router
+  finetune jobs download ticket-router -d ticket-router-adapter     # sha256 verified; loads with peft
+  finetune chat support --model ticket-router --system "{SYSTEM}" "Hey team, the package came damaged yesterday."
+  finetune evaluations show router-vs-base --samples 5
+
+# the downloaded adapter in plain transformers and peft (the demo's base model is in {cluster.work_dir / "tiny-support"})
+python - <<'PY'
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+base = AutoModelForCausalLM.from_pretrained("{cluster.work_dir / "tiny-support"}")
+tokenizer = AutoTokenizer.from_pretrained("{cluster.work_dir / "tiny-support"}")
+model = PeftModel.from_pretrained(base, "ticket-router-adapter")
+prompt = tokenizer.apply_chat_template([{{"role": "system", "content": "{SYSTEM}"}},
+    {{"role": "user", "content": "My card was charged twice."}}], add_generation_prompt=True, return_tensors="pt", return_dict=True)
+print(tokenizer.decode(model.generate(**prompt, max_new_tokens=4, do_sample=False)[0][prompt["input_ids"].shape[1]:], skip_special_tokens=True))
+PY
+
   kubectl get finetunejobs,datasets,inferenceendpoints,evaluations -n {NAMESPACE}
   kubectl describe finetunejob ticket-router -n {NAMESPACE}
   kubectl get events -n {NAMESPACE} --sort-by=.lastTimestamp
@@ -487,10 +550,11 @@ def run(work_dir: Path, keep: bool = False, timeout: float = 600, assets: Path |
         evaluation = current[("evaluations", "router-vs-base")]
         address = service_address(cluster, "support-server")
         print_results(cluster, evaluation, address, api_key)
-        print_instructions(cluster, address, api_key_file, keep)
+        console_url = start_console(cluster) if keep else None
+        print_instructions(cluster, address, api_key_file, keep, console_url)
         say(f"\nThe whole pipeline took {time.monotonic() - started:.0f} s.")
         if keep:
-            say("\nEverything keeps running; Ctrl-C stops it.")
+            say(f"\nEverything keeps running, the web console at {console_url}; Ctrl-C stops it.")
             stop = threading.Event()
             signal.signal(signal.SIGINT, lambda *_: stop.set())
             signal.signal(signal.SIGTERM, lambda *_: stop.set())

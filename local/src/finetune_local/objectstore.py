@@ -99,6 +99,30 @@ class ObjectStore:
     def url(self) -> str:
         return f"http://{self.endpoint}"
 
+    @property
+    def filer_url(self) -> str:
+        """The filer's HTTP API; its ``/etc/iam/identity.json`` adds identities the S3 gateway loads at once."""
+        return f"http://127.0.0.1:{self.ports[PORT_FLAGS.index('filer.port')]}"
+
+    def wait_for_key(self, access_key: str, secret_key: str, uri_prefix: str, timeout: float = 60.0) -> None:
+        """Wait until the gateway knows a key just written to the filer: a HEAD under a prefix it may read
+        answers 404 instead of 403."""
+        import minio.error
+
+        client = self.client(access_key, secret_key)
+        bucket, _, prefix = uri_prefix[len("s3://"):].partition("/")
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                client.stat_object(bucket, f"{prefix.rstrip('/')}/.key-check")
+                return
+            except minio.error.S3Error as e:
+                if e.code in ("NoSuchKey", "NoSuchObject", "ResourceNotFound"):
+                    return
+                if time.monotonic() > deadline:
+                    raise ObjectStoreError(f"the store did not take the key for {uri_prefix} ({e.code})") from None
+            time.sleep(0.05)
+
     def client(self, access_key: str | None = None, secret_key: str | None = None, http_client: Any = None) -> Any:
         """A `minio.Minio` client for this store (other credentials only to prove they are refused)."""
         import minio

@@ -39,6 +39,10 @@ class OperatorConfig(BaseModel):
     storage_region: str = Field(default="", description="object store region, if it needs one")
     storage_bucket: str = Field(default="finetune", description="bucket for datasets, job artifacts and evaluation results")
     storage_secret: str = Field(default="finetune-storage", description="Secret (in each user namespace) with accessKey and secretKey")
+    storage_scoped_keys: bool = Field(
+        default=False,
+        description="every namespace's store Secret holds a key scoped to it (storage_keys grant); pods wait for one",
+    )
     storage_credentials_dir: str = Field(default="/var/run/secrets/finetune/storage", description="the operator's own mounted credentials")
     gpu_types: dict[str, GpuType] = Field(default_factory=dict, description="JSON: GPU type → nodeSelector and tolerations")
     gpu_resource: str = Field(default="nvidia.com/gpu", description="extended resource name GPUs are requested as")

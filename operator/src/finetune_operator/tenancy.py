@@ -160,6 +160,9 @@ def evaluation_problems(spec, namespace: str, config: OperatorConfig) -> list[st
 
 SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_NOT_ALLOWED = "SecretNotAllowed"
+STORAGE_KEY_NOT_SCOPED = "StorageKeyNotScoped"
+STORAGE_SCOPE_LABEL = "finetune.dev/storage-namespace"
+"""On a namespace's store Secret: the namespace its key is scoped to (``finetune_operator.storage_keys grant``)."""
 
 
 def named_secrets(spec) -> list[tuple[str, str]]:
@@ -180,11 +183,22 @@ def named_secrets(spec) -> list[tuple[str, str]]:
     return found
 
 
-def secret_problem(spec, labels: dict[str, dict[str, str] | None] | None) -> tuple[str, str] | None:
-    """(reason, message) when a Secret the spec names is missing, or its owner has not allowed its use; ``labels``
-    are the named Secrets' labels as read (None for a missing Secret). ``labels`` None: not read, nothing said."""
+def secret_problem(spec, labels: dict[str, dict[str, str] | None] | None, namespace: str, config: OperatorConfig) -> tuple[str, str] | None:
+    """(reason, message) when a Secret the spec names is missing, or its owner has not allowed its use, or (with
+    ``FINETUNE_STORAGE_SCOPED_KEYS``) the namespace's store key is not one scoped to it; ``labels`` are the
+    Secrets' labels as read (None for a missing Secret). ``labels`` None: not read, nothing said."""
     if labels is None:
         return None
+    if config.storage_scoped_keys and config.storage_secret in labels:
+        store = labels[config.storage_secret]
+        make = f"an admin makes it with: python -m finetune_operator.storage_keys grant --namespace {namespace}"
+        if store is None:
+            return SECRET_NOT_FOUND, f"Secret {config.storage_secret} (this namespace's object store key) does not exist; {make}"
+        if store.get(STORAGE_SCOPE_LABEL) != namespace:
+            return STORAGE_KEY_NOT_SCOPED, (
+                f"Secret {config.storage_secret} holds an object store key not scoped to this namespace (its label "
+                f"{STORAGE_SCOPE_LABEL} is not {namespace}), and the cluster runs only scoped keys; {make}"
+            )
     for field, name in named_secrets(spec):
         if name not in labels:
             continue

@@ -6,7 +6,8 @@ and the standard library only. Everything that crosses the boundary between the 
 * the configs the operator writes into a ConfigMap (``TrainerConfig``, ``ValidateConfig``,
   ``EvaluateConfig``, ``ServeConfig``) and the trainer reads with ``--config``;
 * what the trainer writes to the object store: ``progress.json`` (``Progress``), ``events.jsonl``
-  (``TrainerEvent``, one per line), ``manifest.json`` (``Manifest``, written last: an artifact without
+  (``TrainerEvent``, one per line), ``metrics.jsonl`` (``StepMetrics``, one per optimizer step: the
+  learning curve), ``manifest.json`` (``Manifest``, written last: an artifact without
   one is incomplete), a dataset check report (``DatasetCheckReport``) and an evaluation summary
   (``EvaluationSummary``);
 * the process exit codes (``ExitCode``) and the object layout under a job's prefix.
@@ -46,6 +47,7 @@ class ExitCode(enum.IntEnum):
 
 PROGRESS_FILE = "progress.json"
 EVENTS_FILE = "events.jsonl"
+METRICS_FILE = "metrics.jsonl"
 MANIFEST_FILE = "manifest.json"
 REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.json"
@@ -362,6 +364,21 @@ class TrainerEvent(_Model):
     type: Literal["Normal", "Warning"] = "Normal"
     reason: str
     message: str
+
+
+class StepMetrics(_Model):
+    """One line of ``metrics.jsonl``: what one optimizer step logged (the job's learning curve). The trainer
+    rewrites the file with the progress snapshot; a step that is trained again after a resume replaces its
+    line. ``evalLoss`` is set on the step after which validation ran."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    step: int = Field(ge=0)
+    epoch: float | None = None
+    train_loss: float | None = None
+    eval_loss: float | None = None
+    tokens_per_second: float | None = None
+    time: _dt.datetime = Field(default_factory=utcnow)
 
 
 class ManifestFile(_Model):

@@ -1,8 +1,11 @@
-"""What a running trainer tells the world: ``progress.json``, ``events.jsonl``, Prometheus metrics, a tqdm bar.
+"""What a running trainer tells the world: ``progress.json``, ``events.jsonl``, ``metrics.jsonl``, Prometheus
+metrics, a tqdm bar.
 
 Only the process of rank 0 reports (``ProgressReporter(enabled=False)`` on the others is a no-op). The
 snapshot is rewritten at every phase change, at the end, and by a background thread at least every
 ``progressIntervalSeconds`` while anything changed, so a slow step does not leave the operator blind.
+``metrics.jsonl`` (the learning curve: one line per optimizer step, with the validation loss on the steps
+after which validation ran) is rewritten with it, so the console draws a running job's curve from the store.
 """
 
 from __future__ import annotations
@@ -13,7 +16,18 @@ import threading
 import time
 from typing import Any
 
-from finetune_trainer.contract import EVENTS_FILE, PROGRESS_FILE, CheckpointRecord, Phase, Progress, TrainerEvent, join_uri, utcnow
+from finetune_trainer.contract import (
+    EVENTS_FILE,
+    METRICS_FILE,
+    PROGRESS_FILE,
+    CheckpointRecord,
+    Phase,
+    Progress,
+    StepMetrics,
+    TrainerEvent,
+    join_uri,
+    utcnow,
+)
 from finetune_trainer.storage import ObjectStore
 
 log = logging.getLogger("finetune_trainer")
@@ -70,6 +84,9 @@ class ProgressReporter:
         self.enabled = enabled
         self.progress_uri = join_uri(output_uri, PROGRESS_FILE)
         self.events_uri = join_uri(output_uri, EVENTS_FILE)
+        self.metrics_uri = join_uri(output_uri, METRICS_FILE)
+        self.history: list[StepMetrics] = []
+        self._history_dirty = False
         self.interval = interval_seconds
         self.progress = Progress(total_epochs=total_epochs)
         self.metrics = TrainerMetrics(metrics_port) if enabled and metrics_port else None
@@ -103,6 +120,22 @@ class ProgressReporter:
         if previous:
             old = Progress.model_validate(previous)
             self.progress.checkpoints = old.checkpoints
+            self.history = self._read_history()
+
+    def _read_history(self) -> list[StepMetrics]:
+        """The learning curve an interrupted run left (lines that do not parse are dropped)."""
+        try:
+            body = self.store.read_bytes(self.metrics_uri) if self.store.exists(self.metrics_uri) else b""
+        except Exception as e:  # a lost curve is worth a warning, not a failed job
+            log.warning("could not read %s: %s", self.metrics_uri, e)
+            return []
+        history = []
+        for line in body.decode(errors="replace").splitlines():
+            try:
+                history.append(StepMetrics.model_validate_json(line))
+            except ValueError:
+                continue
+        return history
 
     def keep_checkpoints(self, complete: list[tuple[int, str]]) -> None:
         """List exactly the complete checkpoints ``(step, uri)`` found in the store, keeping known dates."""
@@ -120,10 +153,18 @@ class ProgressReporter:
             self.progress.updated_at = utcnow()
             body = self.progress.model_copy(deep=True)
             self._dirty = False
+            curve = None
+            if self._history_dirty:
+                curve = "".join(m.model_dump_json(by_alias=True, exclude_none=True) + "\n" for m in self.history)
+                self._history_dirty = False
         try:
+            if curve is not None:  # first, so the curve is never behind the step progress.json shows
+                self.store.write_bytes(self.metrics_uri, curve.encode(), "application/x-ndjson")
             self.store.write_json(self.progress_uri, body)
             self._last_error = None
         except Exception as e:  # the object store may blip; the next write retries
+            if curve is not None:
+                self._history_dirty = True
             if str(e) != self._last_error:
                 log.warning("could not write %s: %s", self.progress_uri, e)
             self._last_error = str(e)
@@ -151,6 +192,7 @@ class ProgressReporter:
             for name, value in fields.items():
                 setattr(self.progress, name, value)
             self._dirty = True
+            self._log_step(fields)
         if self.metrics is not None:
             m, p = self.metrics, self.progress
             m.step.set(p.step)
@@ -174,6 +216,22 @@ class ProgressReporter:
                 postfix["tok/s"] = f"{self.progress.tokens_per_second:.0f}"
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.refresh()
+
+    def _log_step(self, fields: dict[str, Any]) -> None:
+        """Add a line to the learning curve for a step's training loss, or set the validation loss of the step
+        it was computed after. A step trained again (after a resume) replaces its line and those after it."""
+        p = self.progress
+        if "step" in fields and fields.get("train_loss") is not None:
+            while self.history and self.history[-1].step >= p.step:
+                self.history.pop()
+            self.history.append(StepMetrics(step=p.step, epoch=p.epoch, train_loss=p.train_loss, tokens_per_second=p.tokens_per_second))
+            self._history_dirty = True
+        elif fields.get("eval_loss") is not None:
+            if self.history and self.history[-1].step == p.step:
+                self.history[-1].eval_loss = p.eval_loss
+            else:
+                self.history.append(StepMetrics(step=p.step, epoch=p.epoch, eval_loss=p.eval_loss))
+            self._history_dirty = True
 
     def phase(self, phase: Phase, **fields: Any) -> None:
         """Enter a phase and write progress.json at once."""

@@ -81,6 +81,7 @@ class ObjectStore:
     def __init__(self, config: StorageConfig | None = None):
         self.config = config
         self._client = None
+        self._buckets: set[str] = set()
 
     # -- plumbing --------------------------------------------------------------------------------
     @property
@@ -197,14 +198,19 @@ class ObjectStore:
             raise self._s3_error("read", uri, e) from None
 
     def ensure_bucket(self, bucket: str) -> None:
+        """Create the bucket unless it exists (once per bucket). A key scoped to a namespace's prefixes may not
+        look at the bucket itself; then the write that follows says whether it exists."""
         from minio.error import S3Error
 
+        if bucket in self._buckets:
+            return
         try:
             if not self.client.bucket_exists(bucket):
                 self.client.make_bucket(bucket)
         except S3Error as e:
-            if e.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists"}:
+            if e.code not in {"BucketAlreadyOwnedByYou", "BucketAlreadyExists", "AccessDenied"}:
                 raise self._s3_error("create bucket", f"s3://{bucket}", e) from None
+        self._buckets.add(bucket)
 
     def delete(self, uri: str) -> None:
         if not is_s3(uri):

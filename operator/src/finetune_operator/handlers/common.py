@@ -35,7 +35,10 @@ def secret_labels(rt: runtime.Runtime, namespace: str, spec_model: type[BaseMode
         spec = spec_model.model_validate(raw_spec)
     except ValidationError:
         return None
-    return {name: rt.kube.secret_labels(namespace, name) for _, name in tenancy.named_secrets(spec)}
+    names = [name for _, name in tenancy.named_secrets(spec)]
+    if rt.config.storage_scoped_keys:
+        names.append(rt.config.storage_secret)
+    return {name: rt.kube.secret_labels(namespace, name) for name in dict.fromkeys(names)}
 
 
 def status_changed(current: dict, new: dict) -> bool:

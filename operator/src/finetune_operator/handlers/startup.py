@@ -51,6 +51,16 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: object) -> 
         "finetune operator started",
         extra={"namespace": config.namespace or "*", "peering": config.peering or "standalone", "storage": config.storage_endpoint},
     )
+    if not config.storage_scoped_keys:
+        logger.warning(storage_keys_warning(config))
+
+
+def storage_keys_warning(config: OperatorConfig) -> str:
+    return (
+        f"object store keys are not scoped to namespaces: whoever can read a namespace's Secret {config.storage_secret} "
+        f"may reach every namespace's data with it. Give each namespace its own key (python -m "
+        "finetune_operator.storage_keys grant; docs/install.md, 'Scoped store keys') and set FINETUNE_STORAGE_SCOPED_KEYS=true"
+    )
 
 
 @kopf.on.event("", "v1", "namespaces")

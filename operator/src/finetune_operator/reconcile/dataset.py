@@ -134,7 +134,7 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig, retry_faile
         return step.finish()
     r.out["validationJobName"] = step.child
     if observed.job is None:
-        secret = tenancy.secret_problem(spec, observed.secrets)
+        secret = tenancy.secret_problem(spec, observed.secrets, r.namespace, config)
         if secret:
             r.conditions.set(C.VALIDATED, "Unknown", *secret)
             r.conditions.set(C.READY, False, *secret)

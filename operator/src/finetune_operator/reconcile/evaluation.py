@@ -162,7 +162,7 @@ def _create_job(r: Reconciliation, plan: EvaluationPlan, spec: EvaluationSpec, o
     """Before the Job exists every input must be ready. A Job that vanished (deleted by hand) is made again
     under the same name: an evaluation is cheap to redo."""
     inputs, problem = resolve_inputs(spec, observed)
-    problem = tenancy.secret_problem(spec, observed.secrets) or problem
+    problem = tenancy.secret_problem(spec, observed.secrets, r.namespace, config) or problem
     if not problem:  # models from FineTuneJobs' status are held to this namespace's storage too
         outside = tenancy.problems(tenancy.check_read(u, f"model {m.name}", r.namespace, config)
                                    for m in inputs.models for u in (m.model_uri, m.adapter_uri) if u)  # fmt: skip

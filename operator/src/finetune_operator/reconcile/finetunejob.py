@@ -116,7 +116,7 @@ def _create_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
     if inputs is None:
         inputs, problem = trainer_inputs(spec, observed.dataset, observed.validation_dataset, observed.checkpoint_source,
                                          r.out["artifactsUri"], r.name, spec.queue_name or config.default_queue or None, r.namespace, config)
-        problem = tenancy.secret_problem(spec, observed.secrets) or problem
+        problem = tenancy.secret_problem(spec, observed.secrets, r.namespace, config) or problem
         if problem is None and recreating and r.old.get("datasetSha256") and inputs.dataset_sha256 != r.old["datasetSha256"]:
             problem = (Reason.DATASET_CHANGED, f"the Job {naming.trainer_job_name(r.name)} is gone and Dataset {spec.dataset} "
                        f"now holds other data (sha256 {inputs.dataset_sha256}, this job trained on {r.old['datasetSha256']}); "

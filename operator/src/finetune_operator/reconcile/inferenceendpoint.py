@@ -194,7 +194,7 @@ def reconcile(obj: dict, observed: Observed, config: OperatorConfig) -> Inferenc
         r.conditions.set(C.READY, False, Reason.INVALID_SPEC, problem)
         r.out["message"] = f"Invalid spec: {problem}"
         return r.finish(plan)
-    secret = tenancy.secret_problem(spec, observed.secrets)
+    secret = tenancy.secret_problem(spec, observed.secrets, r.namespace, config)
     if secret:
         r.conditions.set(C.READY, False, *secret)
         r.out["message"] = secret[1]

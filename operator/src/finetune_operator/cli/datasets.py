@@ -1,84 +1,48 @@
-"""``finetune``: the user's command line, also installed as ``kubectl-finetune`` (so ``kubectl finetune ...``).
+"""``finetune datasets check|create|list|get|download|delete`` (``dataset`` is an alias).
 
-    finetune dataset check FILE [--format auto] [--min-samples N] [--max-seq-length N --tokenizer DIR] [--json]
-    finetune dataset create NAME --file FILE [--namespace NS] [--validation-split F] [--seed S] ...
-    finetune evaluation show NAME [--namespace NS]
-
-``dataset check`` runs the same checker as the cluster's validation Job, on the laptop, before anything is
-uploaded. ``dataset create`` checks, uploads the file to the object store under
-``s3://<bucket>/uploads/<ns>/<name>/<sha256>/<filename>`` and creates (or updates) the Dataset object.
-
-Commands live in ``SUBCOMMANDS``, grouped by noun (``dataset``, ``evaluation``, ...): a new one is a
-``Subcommand`` entry with a function that adds its arguments and a function that runs it and returns the
-exit code. Heavy imports (the validator, minio, the Kubernetes client) happen inside the run functions, so
-``finetune --help`` is instant and nothing here imports torch.
-
-Object store settings come from flags, else from the operator's environment variable names
-(``FINETUNE_STORAGE_ENDPOINT``, ``FINETUNE_STORAGE_BUCKET``, ``FINETUNE_STORAGE_SECURE``); keys from
-``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` or ``--credentials-file``. Keys are never printed.
+``check`` runs the same checker as the cluster's validation Job, on the laptop, before anything is uploaded.
+``create`` checks, uploads the file to the object store under
+``s3://<bucket>/uploads/<ns>/<name>/<sha256>/<filename>`` (with a progress bar) and creates (or updates) the
+Dataset object. ``get`` shows the check report the cluster's validation wrote into status, with the token and
+message statistics. ``download`` fetches the normalised train and validation files the jobs train on,
+verified against their manifest.
 """
 
 from __future__ import annotations
 
 import argparse
-import configparser
 import json
 import os
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from finetune_operator.cli.base import (
+    EXIT_FAILED,
+    EXIT_NOT_READY,
+    EXIT_OK,
+    CliError,
+    Subcommand,
+    add_kube_arguments,
+    add_output_argument,
+    add_storage_arguments,
+)
+from finetune_operator.cli.kube import Kube, namespace_of
+from finetune_operator.cli.output import Column, age, dump, print_fields, print_objects
+from finetune_operator.cli.output import size as _size
 
 if TYPE_CHECKING:
     from finetune_trainer.contract import DatasetCheckReport
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-"""The check failed, or the upload or the API call did."""
-EXIT_USAGE = 2
-
 API_GROUP = "finetune.dev"
 API_VERSION = "v1alpha1"
-DATASET_PLURAL = "datasets"
+PLURAL = "datasets"
 DEFAULT_BUCKET = "finetune"
 UPLOADS_PREFIX = "uploads"
 
 
-@dataclass(frozen=True)
-class Subcommand:
-    """One ``finetune GROUP NAME`` command."""
-
-    group: str
-    name: str
-    help: str
-    add_arguments: Callable[[argparse.ArgumentParser], None]
-    run: Callable[[argparse.Namespace], int]
-
-
-GROUP_HELP: dict[str, str] = {
-    "dataset": "check training files locally and create Dataset objects",
-    "evaluation": "show the scores of Evaluation objects",
-}
-
-
-class CliError(Exception):
-    """A failure to report in one line (no traceback) with exit code 1."""
-
-
 # ----------------------------------------------------------------------------------------------
-# Printing a check report
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+# Printing a check report (a local check's, or the one in a Dataset's status)
 
 
 def _flag(value: bool | None) -> str:
@@ -86,7 +50,8 @@ def _flag(value: bool | None) -> str:
 
 
 def _stats(stats: Any) -> str:
-    return f"min {stats.min} · mean {stats.mean:g} · max {stats.max} · total {stats.total}"
+    get = (lambda k: stats.get(k)) if isinstance(stats, dict) else (lambda k: getattr(stats, k))
+    return f"min {get('min')} · mean {get('mean'):g} · max {get('max')} · total {get('total')}"
 
 
 def format_report(report: DatasetCheckReport, file: str, min_samples: int) -> str:
@@ -216,48 +181,15 @@ def _dataset_create_arguments(parser: argparse.ArgumentParser) -> None:
 
 def read_credentials(credentials_file: str | None) -> tuple[str, str]:
     """Access and secret key from ``--credentials-file`` or the AWS_* environment variables."""
+    from finetune_operator.cli.store import read_credentials_file
+
     if credentials_file:
-        path = Path(credentials_file).expanduser()
-        if path.is_dir():
-            try:
-                return (path / "accessKey").read_text().strip(), (path / "secretKey").read_text().strip()
-            except OSError as e:
-                raise CliError(f"--credentials-file {path}: {e.strerror}") from None
-        parser = configparser.ConfigParser()
-        try:
-            parser.read_string(path.read_text())
-        except (OSError, configparser.Error) as e:
-            raise CliError(f"--credentials-file {path}: not a readable credentials file ({type(e).__name__})") from None
-        sections = ["default"] if parser.has_section("default") else parser.sections()
-        for section in sections:
-            values = parser[section]
-            access = values.get("aws_access_key_id") or values.get("accessKey")
-            secret = values.get("aws_secret_access_key") or values.get("secretKey")
-            if access and secret:
-                return access.strip(), secret.strip()
-        raise CliError(f"--credentials-file {path}: no aws_access_key_id and aws_secret_access_key in it")
+        return read_credentials_file(credentials_file)
     access = os.environ.get("AWS_ACCESS_KEY_ID", "")
     secret = os.environ.get("AWS_SECRET_ACCESS_KEY", "")
     if not access or not secret:
         raise CliError("no object store credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or --credentials-file")
     return access, secret
-
-
-def _kube_namespace(args: argparse.Namespace) -> str:
-    if args.namespace:
-        return args.namespace
-    try:
-        from kubernetes import config
-
-        contexts, active = config.list_kube_config_contexts(config_file=args.kubeconfig)
-    except Exception:  # no kubeconfig: the default namespace, as kubectl does
-        return "default"
-    chosen = active
-    if args.context:
-        chosen = next((c for c in contexts if c.get("name") == args.context), None)
-        if chosen is None:
-            raise CliError(f"no context {args.context!r} in the kubeconfig")
-    return (chosen or {}).get("context", {}).get("namespace") or "default"
 
 
 def dataset_object(args: argparse.Namespace, namespace: str, uri: str) -> dict[str, Any]:
@@ -353,6 +285,8 @@ def upload(args: argparse.Namespace, file: Path, bucket: str, key: str) -> bool:
     return True
 
 
+
+
 def apply_dataset(args: argparse.Namespace, body: dict[str, Any]) -> str:
     """Create the Dataset, or merge-patch its spec when it exists. Returns ``created`` or ``configured``."""
     from kubernetes import client, config
@@ -367,15 +301,15 @@ def apply_dataset(args: argparse.Namespace, body: dict[str, Any]) -> str:
     name, namespace = body["metadata"]["name"], body["metadata"]["namespace"]
     try:
         try:
-            api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, DATASET_PLURAL, name)
+            api.get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, name)
         except ApiException as e:
             if e.status != 404:
                 raise
-            api.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, DATASET_PLURAL, body)
+            api.create_namespaced_custom_object(API_GROUP, API_VERSION, namespace, PLURAL, body)
             return "created"
         patch = {"spec": {**body["spec"], "validation": body["spec"].get("validation")}}
         api.patch_namespaced_custom_object(
-            API_GROUP, API_VERSION, namespace, DATASET_PLURAL, name, patch, _content_type="application/merge-patch+json"
+            API_GROUP, API_VERSION, namespace, PLURAL, name, patch, _content_type="application/merge-patch+json"
         )
         return "configured"
     except ApiException as e:
@@ -408,7 +342,7 @@ def dataset_create(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(report.message)
     sha256 = sha256_file(file)
-    namespace = _kube_namespace(args)
+    namespace = namespace_of(args)
     key = f"{UPLOADS_PREFIX}/{namespace}/{args.name}/{sha256}/{file.name}"
     uri = f"s3://{args.bucket}/{key}"
     body = dataset_object(args, namespace, uri)
@@ -426,123 +360,126 @@ def dataset_create(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
-# finetune evaluation show
-
-
-EVALUATION_PLURAL = "evaluations"
-
-
-def _evaluation_show_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="name of the Evaluation")
-    parser.add_argument("-n", "--namespace", default=None, help="default: the kubeconfig context's namespace, else default")
-    parser.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG, else ~/.kube/config")
-    parser.add_argument("--context", default=None, help="kubeconfig context")
-
-
-def read_custom_object(args: argparse.Namespace, plural: str, namespace: str, name: str) -> dict[str, Any]:
-    """One object of this API group, read with the kubeconfig's credentials."""
-    from kubernetes import client, config
-    from kubernetes.client.rest import ApiException
-    from kubernetes.config.config_exception import ConfigException
-
-    try:
-        api_client = config.new_client_from_config(config_file=args.kubeconfig, context=args.context)
-    except (ConfigException, OSError) as e:
-        raise CliError(f"cannot load the kubeconfig: {e}") from None
-    try:
-        return client.CustomObjectsApi(api_client).get_namespaced_custom_object(API_GROUP, API_VERSION, namespace, plural, name)
-    except ApiException as e:
-        if e.status == 404:
-            raise CliError(f"{plural[:-1]} {namespace}/{name} not found") from None
-        raise CliError(f"reading {plural[:-1]} {namespace}/{name} failed: {e.status} {e.reason}") from None
-    except Exception as e:  # urllib3 connection errors and the like
-        if type(e).__module__.startswith("urllib3"):
-            raise CliError(f"cannot reach the Kubernetes API: {type(e).__name__}") from None
-        raise
-    finally:
-        api_client.close()
-
-
-def format_evaluation(evaluation: dict[str, Any]) -> str:
-    """The Evaluation's phase and message, its score table (as ``finetune-trainer evaluate`` prints it),
-    the results URI and the pass criterion's verdict."""
-    from finetune_trainer.contract import EvaluationSummary, ScoreRecord
-    from finetune_trainer.evaluate.table import render_summary_table
-
-    meta, spec, status = evaluation["metadata"], evaluation.get("spec") or {}, evaluation.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    lines = [f"Evaluation {meta['namespace']}/{meta['name']}: {phase}"]
-    if status.get("message"):
-        lines.append(status["message"])
-    scores = status.get("scores") or []
-    if scores:
-        summary = EvaluationSummary(
-            scores=[ScoreRecord.model_validate({"mean": None, **row}) for row in scores],
-            baseline=spec.get("baseline"),
-            samples=status.get("samples") or 0,
-        )
-        lines += ["", render_summary_table(summary)]
-    if status.get("resultsUri"):
-        lines.append(f"Per-sample results: {status['resultsUri']}")
-    passed = next((c for c in status.get("conditions") or [] if c.get("type") == "Passed"), None)
-    if passed is not None:
-        verdict = "PASSED" if passed.get("status") == "True" else "NOT PASSED"
-        lines.append(f"Pass criterion: {verdict} ({passed.get('reason')}): {passed.get('message', '')}")
-    return "\n".join(lines)
-
-
-def evaluation_show(args: argparse.Namespace) -> int:
-    namespace = _kube_namespace(args)
-    evaluation = read_custom_object(args, EVALUATION_PLURAL, namespace, args.name)
-    print(format_evaluation(evaluation))
-    return EXIT_FAILED if (evaluation.get("status") or {}).get("phase") == "Failed" else EXIT_OK
 
 
 # ----------------------------------------------------------------------------------------------
-# The registry and the entry point
+# finetune datasets list | get | download | delete
 
 
-SUBCOMMANDS: list[Subcommand] = [
-    Subcommand("dataset", "check", "check a JSONL or Parquet file the way the cluster will", _dataset_check_arguments, dataset_check),
-    Subcommand(
-        "dataset", "create", "check, upload and create (or update) a Dataset", _dataset_create_arguments, dataset_create
-    ),
-    Subcommand(
-        "evaluation", "show", "print an Evaluation's score table (exit 1 when it Failed)", _evaluation_show_arguments, evaluation_show
-    ),
+def _samples(o: dict[str, Any]) -> Any:
+    return (o.get("status") or {}).get("numSamples")
+
+
+COLUMNS = [
+    Column("NAME", lambda o: o["metadata"]["name"]),
+    Column("PHASE", lambda o: (o.get("status") or {}).get("phase") or "Pending"),
+    Column("SAMPLES", _samples),
+    Column("TRAIN", lambda o: (o.get("status") or {}).get("trainSamples"), wide=True),
+    Column("VALIDATION", lambda o: (o.get("status") or {}).get("validationSamples"), wide=True),
+    Column("FORMAT", lambda o: (o.get("status") or {}).get("format") or (o.get("spec") or {}).get("format")),
+    Column("SOURCE", lambda o: ((o.get("spec") or {}).get("source") or {}).get("uri") or "configMap", wide=True),
+    Column("SHA256", lambda o: ((o.get("status") or {}).get("sha256") or "")[:12] or None, wide=True),
+    Column("AGE", age),
 ]
 
 
-def program_name(argv0: str | None = None) -> str:
-    """``kubectl finetune`` when run as the kubectl plugin, else ``finetune``."""
-    name = Path(argv0 or sys.argv[0]).name
-    return "kubectl finetune" if name.startswith("kubectl-") else "finetune"
+def status_report(dataset: dict[str, Any]) -> DatasetCheckReport | None:
+    """The check report in a Dataset's status (with its statistics), as the local checker returns it."""
+    from finetune_trainer.contract import DatasetCheckReport
+
+    status = dataset.get("status") or {}
+    report = status.get("report")
+    if not report:
+        return None
+    data = {**report, "sha256": status.get("sha256"), "tokenStats": status.get("tokenStats"), "messageStats": status.get("messageStats")}
+    return DatasetCheckReport.model_validate({k: v for k, v in data.items() if v is not None})
 
 
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog or program_name(), description="Fine-tuning on your own Kubernetes cluster.")
-    groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True)
-    group_parsers: dict[str, argparse._SubParsersAction] = {}
-    for command in SUBCOMMANDS:
-        if command.group not in group_parsers:
-            group = groups.add_parser(command.group, help=GROUP_HELP.get(command.group), description=GROUP_HELP.get(command.group))
-            group_parsers[command.group] = group.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
-        sub = group_parsers[command.group].add_parser(command.name, help=command.help, description=command.help)
-        command.add_arguments(sub)
-        sub.set_defaults(run=command.run)
-    return parser
+def _list_arguments(parser: argparse.ArgumentParser) -> None:
+    add_kube_arguments(parser, all_namespaces=True)
+    add_output_argument(parser)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except CliError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
+def datasets_list(args: argparse.Namespace) -> int:
+    with Kube.from_args(args) as kube:
+        items = kube.list(PLURAL, all_namespaces=args.all_namespaces)
+        print_objects(items, COLUMNS, args.output, args.all_namespaces, f"No datasets found in namespace {kube.namespace}.")
+    return EXIT_OK
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _get_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the Dataset")
+    add_kube_arguments(parser)
+    add_output_argument(parser)
+
+
+def datasets_get(args: argparse.Namespace) -> int:
+    with Kube.from_args(args) as kube:
+        dataset = kube.get(PLURAL, args.name)
+    if args.output in ("json", "yaml"):
+        print(dump(dataset, args.output))
+        return EXIT_OK
+    spec, status = dataset.get("spec") or {}, dataset.get("status") or {}
+    source = spec.get("source") or {}
+    print_fields([
+        ("Name", f"{dataset['metadata']['namespace']}/{dataset['metadata']['name']}"),
+        ("Phase", status.get("phase") or "Pending"),
+        ("Message", status.get("message")),
+        ("Source", source.get("uri") or f"configMap {(source.get('configMapRef') or {}).get('name')}"),
+        ("Samples", None if status.get("numSamples") is None else
+         f"{status['numSamples']} ({status.get('trainSamples')} train, {status.get('validationSamples') or 0} validation)"),
+        ("Train", status.get("trainUri") if args.output == "wide" else None),
+        ("Validation", status.get("validationUri") if args.output == "wide" else None),
+        ("Age", age(dataset)),
+    ])  # fmt: skip
+    report = status_report(dataset)
+    if report is not None:
+        print("\nCheck report:")
+        print(format_report(report, source.get("uri") or "configMap", spec.get("minSamples", 10)))
+    return EXIT_FAILED if status.get("phase") == "Invalid" else EXIT_OK
+
+
+def _download_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the Dataset")
+    parser.add_argument("-d", "--dir", default=None, metavar="DIR", help="folder to download into (default ./NAME)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_kube_arguments(parser)
+    add_storage_arguments(parser)
+
+
+def datasets_download(args: argparse.Namespace) -> int:
+    from finetune_operator.cli.store import Store
+
+    with Kube.from_args(args) as kube:
+        dataset = kube.get(PLURAL, args.name)
+        status = dataset.get("status") or {}
+        if status.get("phase") != "Ready" or not status.get("trainUri"):
+            raise CliError(f"dataset {args.name} is {status.get('phase') or 'Pending'}, not Ready: it has no normalised files", EXIT_NOT_READY)
+        folder = status["trainUri"].rsplit("/", 1)[0]
+        store = Store.from_args(args, kube)
+    dest = Path(args.dir or args.name)
+    manifest = store.download_artifact(folder, dest, progress=not args.no_progress)
+    print(f"downloaded {len(manifest.files)} files ({_size(manifest.total_size)}) of {folder} to {dest}/, each sha256 verified")
+    return EXIT_OK
+
+
+def _delete_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="the Dataset")
+    add_kube_arguments(parser)
+
+
+def datasets_delete(args: argparse.Namespace) -> int:
+    with Kube.from_args(args) as kube:
+        kube.delete(PLURAL, args.name)
+    print(f"dataset.{API_GROUP}/{args.name} deleted")
+    return EXIT_OK
+
+
+COMMANDS = [
+    Subcommand("datasets", "check", "check a JSONL or Parquet file the way the cluster will", _dataset_check_arguments, dataset_check),
+    Subcommand("datasets", "create", "check, upload and create (or update) a Dataset", _dataset_create_arguments, dataset_create),
+    Subcommand("datasets", "list", "list Datasets", _list_arguments, datasets_list, aliases=["ls"]),
+    Subcommand("datasets", "get", "show a Dataset and its check report", _get_arguments, datasets_get),
+    Subcommand("datasets", "download", "download a Dataset's normalised files (sha256 verified)", _download_arguments, datasets_download),
+    Subcommand("datasets", "delete", "delete a Dataset", _delete_arguments, datasets_delete),
+]
