@@ -134,6 +134,16 @@ class DpoSpec(ApiModel, contract.DpoOptions):
     the base model (LoRA: the base with a fresh adapter, whose update is zero), the fromCheckpoint model, or
     the full model it fine-tunes; its log-probabilities are computed once, before the first step."""
 
+    crd_extra: ClassVar[dict[str, Any]] = {
+        "x-kubernetes-validations": [
+            cel(
+                "!has(self.lossType) || self.lossType != 'ipo' || !has(self.labelSmoothing) || self.labelSmoothing == 0.0",
+                "labelSmoothing applies to lossType sigmoid only",
+                field_path=".labelSmoothing",
+            )
+        ]
+    }
+
 
 class OutputSpec(ApiModel):
     """Where the fine-tuned model goes."""
@@ -409,6 +419,8 @@ def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> l
         problems.append("spec.fromCheckpoint: a job cannot continue from itself")
     if spec.dpo is not None and spec.objective != "dpo":
         problems.append("spec.dpo: dpo options need objective dpo")
+    if spec.dpo is not None and spec.dpo.loss_type == "ipo" and spec.dpo.label_smoothing:
+        problems.append("spec.dpo.labelSmoothing: applies to lossType sigmoid only")
     if spec.method == "qlora" and spec.resources.gpus == 0:
         problems.append("spec.method: qlora needs GPUs (resources.gpus > 0)")
     if spec.num_nodes > 1 and spec.resources.gpus == 0:
