@@ -135,3 +135,8 @@ def test_progress_shows_the_dpo_figures_and_drops_an_impossible_accuracy():
     assert (shown["trainLoss"], shown["rewardAccuracy"], shown["rewardMargin"]) == (0.41, 0.875, 1.25)
     assert (shown["evalLoss"], shown["evalRewardAccuracy"], shown["evalRewardMargin"]) == (0.5, 0.8, 0.9)
     assert "rewardAccuracy" not in progress_status(progress.model_copy(update={"reward_accuracy": 3.0}))
+
+
+def test_label_smoothing_with_the_ipo_loss_is_an_invalid_spec():
+    plan = run(spec={**DPO, "dpo": {"lossType": "ipo", "labelSmoothing": 0.1}}, observed=Observed(dataset=PREFERENCES))
+    assert plan.new_phase == "Failed" and "spec.dpo.labelSmoothing: applies to lossType sigmoid only" in plan.status["message"]

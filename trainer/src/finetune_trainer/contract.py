@@ -252,10 +252,10 @@ class DpoOptions(_Model):
     label_smoothing: float = Field(
         default=0.0,
         ge=0,
-        lt=0.5,
+        le=0.5,
         description="labelSmoothing is the assumed fraction of pairs whose preference is wrong (conservative DPO): "
         "the sigmoid loss also rewards the reverse order this much. Only for lossType sigmoid. At least 0, "
-        "below 0.5. Default 0.",
+        "at most 0.5 (as in TRL). Default 0.",
     )
 
 
