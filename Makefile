@@ -8,7 +8,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: install tools demo test security-check test-fast crds lint bench-operator bench-trainer bench-dataset bench-serve gpu-check gpu-wheels gpu-env clean
+.PHONY: install tools demo test security-check test-fast crds lint bench-operator bench-trainer bench-dpo bench-dataset bench-serve gpu-check gpu-wheels gpu-env clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,9 @@ bench-operator: install
 
 bench-trainer: install
 	$(PY) bench/bench_trainer.py
+
+bench-dpo: install
+	$(PY) bench/bench_dpo.py
 
 bench-dataset: install
 	$(PY) bench/bench_dataset.py

@@ -35,6 +35,34 @@ def text(i: int) -> dict:
     return {"text": f"Example document number {i}. It has two sentences."}
 
 
+def preference(i: int) -> dict:
+    return {
+        "input": {"messages": [{"role": "system", "content": "Answer politely."}, {"role": "user", "content": f"Where is parcel {i}?"}]},
+        "preferred_output": [{"role": "assistant", "content": f"Parcel {i} is on its way and arrives tomorrow, thank you for waiting."}],
+        "non_preferred_output": [{"role": "assistant", "content": f"Parcel {i}? No idea."}],
+    }
+
+
+def pref(conversation: list | object = None, preferred: object = None, non_preferred: object = None, **extra) -> bytes:
+    """A preference line; each part defaults to a good one, ``extra`` adds or (with None) removes keys."""
+    good_one = preference(0)
+    record = {
+        "input": {"messages": conversation} if isinstance(conversation, list) else (conversation or good_one["input"]),
+        "preferred_output": good_one["preferred_output"] if preferred is None else preferred,
+        "non_preferred_output": good_one["non_preferred_output"] if non_preferred is None else non_preferred,
+    }
+    for key, value in extra.items():
+        if value is None:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    return line(record)
+
+
+def answer(content: object, role: str = "assistant") -> list[dict]:
+    return [{"role": role, "content": content}]
+
+
 def line(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")
 
@@ -149,6 +177,35 @@ def main() -> None:
     add("control_character_backspace.jsonl", with_bad(line({"prompt": "a\bb", "completion": "c"}), 2, instruction), "control_character", 2)
     add("control_character_c1.jsonl", with_bad(line({"text": "next\u0085line"}), 6, text), "control_character", 6)
     add("control_character_del.jsonl", with_bad(msgs(("user", "del\x7f"), ("assistant", "ok")), 11), "control_character", 11)
+    # preference pairs (Together's shape, for DPO)
+    user = [{"role": "user", "content": "hi"}]
+    add("preference_no_final_user.jsonl", with_bad(pref([*user, {"role": "assistant", "content": "hello"}]), 4, preference), "no_final_user", 4)
+    add("preference_no_final_user_system_only.jsonl", with_bad(pref([{"role": "system", "content": "rules"}]), 9, preference), "no_final_user", 9)
+    add("preference_identical_outputs.jsonl", with_bad(pref(user, answer("same"), answer("same")), 6, preference), "identical_outputs", 6)
+    add("preference_missing_preferred.jsonl", with_bad(pref(preferred_output=None), 3, preference), "missing_key", 3)
+    add("preference_missing_non_preferred.jsonl", with_bad(pref(non_preferred_output=None), 11, preference), "missing_key", 11)
+    add("preference_missing_input.jsonl", with_bad(pref(input=None), 2, preference), "missing_key", 2)
+    add("preference_input_no_messages.jsonl", with_bad(pref({"conversation": user}), 5, preference), "unknown_key", 5)
+    add("preference_input_empty_object.jsonl", with_bad(pref(input={}), 8, preference), "missing_key", 8)
+    add("preference_input_not_object.jsonl", with_bad(pref(input=user), 7, preference), "wrong_type", 7)
+    add("preference_input_empty_messages.jsonl", with_bad(pref([]), 10, preference), "empty_messages", 10)
+    add("preference_empty_preferred.jsonl", with_bad(pref(user, answer("  ")), 4, preference), "empty_content", 4)
+    add("preference_empty_output_list.jsonl", with_bad(pref(user, []), 12, preference), "bad_output", 12)
+    add("preference_two_outputs.jsonl", with_bad(pref(user, None, answer("a") + answer("b")), 3, preference), "bad_output", 3)
+    add("preference_output_user_role.jsonl", with_bad(pref(user, answer("a", role="user")), 6, preference), "output_not_assistant", 6)
+    add("preference_output_not_list.jsonl", with_bad(pref(user, {"role": "assistant", "content": "a"}), 9, preference), "wrong_type", 9)
+    add("preference_output_no_content.jsonl", with_bad(pref(user, None, [{"role": "assistant"}]), 5, preference), "missing_key", 5)
+    add("preference_output_weight.jsonl", with_bad(pref(user, [{"role": "assistant", "content": "a", "weight": 1}]), 2, preference), "unknown_key", 2)
+    add("preference_output_content_not_string.jsonl", with_bad(pref(user, None, answer(["a"])), 13, preference), "content_not_string", 13)
+    add("preference_unknown_key.jsonl", with_bad(pref(id=7), 1, preference), "unknown_key", 1)
+    add("preference_unknown_role.jsonl", with_bad(pref([{"role": "customer", "content": "hi"}]), 7, preference), "unknown_role", 7)
+    add("preference_repeated_role.jsonl", with_bad(pref([*user, *user]), 4, preference), "repeated_role", 4)
+    add("preference_system_not_first.jsonl", with_bad(pref([*user, {"role": "system", "content": "be kind"}, *user]), 6, preference), "system_not_first", 6)
+    add("preference_control_character.jsonl", with_bad(pref(user, answer("bell\u0007")), 8, preference), "control_character", 8)
+    add("preference_mixed_formats.jsonl", with_bad(line(chat(1)), 5, preference), "mixed_formats", 5)
+    add("preference_in_chat_file.jsonl", with_bad(line(preference(1)), 9), "mixed_formats", 9)
+    add("preference_declared_chat.jsonl", b"\n".join(good(preference)) + b"\n", "mixed_formats", 1, options={"format": "chat"})
+    add("preference_too_few_samples.jsonl", b"\n".join(good(preference, n=4)) + b"\n", "too_few_samples", None)
     # the file as a whole
     add("empty_file.jsonl", b"", "empty_file", None)
     add("blank_lines_only.jsonl", b"\n\n   \n\r\n", "empty_file", None)
@@ -232,6 +289,13 @@ def main() -> None:
     add_valid("instruction.jsonl", b"\n".join(good(instruction)) + b"\n", "instruction", 12)
     add_valid("empty_prompt.jsonl", b"\n".join(line({"prompt": "", "completion": f"c{i}"}) for i in range(12)) + b"\n", "instruction", 12)
     add_valid("text.jsonl", b"\n".join(good(text)) + b"\n", "text", 12)
+    add_valid("preference.jsonl", b"\n".join(good(preference)) + b"\n", "preference", 12)
+    multi_turn = [
+        line({"input": {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "a"}, {"role": "user", "content": "and?"}]},
+              "preferred_output": answer(f"more {i}"), "non_preferred_output": answer("no")})
+        for i in range(12)
+    ]
+    add_valid("preference_multi_turn.jsonl", b"\n".join(multi_turn) + b"\n", "preference", 12)
     add_valid("ascii_escapes.jsonl", b"\n".join(json.dumps(chat(i) | {"messages": chat(i)["messages"][1:]} ).encode() for i in range(12)) + b"\n", "chat", 12)
     parquet(
         valid / "tokens.parquet",

@@ -148,6 +148,33 @@ def test_token_and_message_statistics_with_a_tokenizer(tmp_path: Path, byte_toke
     assert report.message_stats.model_dump() == {"min": 2, "mean": 2.5, "max": 3, "total": 5}
 
 
+def test_the_preference_corpus_has_its_own_rules_each_with_a_line():
+    """Malformed preference pairs (DPO data): at least 15 files, each refused at its line with its rule."""
+    preference = {name: entry for name, entry in EXPECTED.items() if name.startswith("preference_")}
+    assert len(preference) >= 15
+    rules = {entry["rule"] for entry in preference.values()}
+    assert {"no_final_user", "identical_outputs", "bad_output", "output_not_assistant", "missing_key", "mixed_formats"} <= rules
+    assert sum(entry["line"] is not None for entry in preference.values()) >= 15
+
+
+def test_preference_statistics_count_the_conversation_and_the_longer_answer(tmp_path: Path, byte_tokenizer: Path):
+    data = tmp_path / "pairs.jsonl"
+    rows = [
+        {"input": {"messages": [{"role": "user", "content": "ab"}]},
+         "preferred_output": [{"role": "assistant", "content": "cde"}], "non_preferred_output": [{"role": "assistant", "content": "f"}]},
+        {"input": {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}]},
+         "preferred_output": [{"role": "assistant", "content": "y"}], "non_preferred_output": [{"role": "assistant", "content": "zzzz"}]},
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+    report = check_file(data, CheckOptions(min_samples=2, tokenizer=byte_tokenizer))
+
+    assert report.is_check_passed and report.format == "preference" and report.num_samples == 2
+    # "ab\ncde" = 6 bytes; "s\nx\nzzzz" = 8 bytes (the non-preferred answer is the longer one there)
+    assert report.token_stats.model_dump() == {"min": 6, "mean": 7.0, "max": 8, "total": 14}
+    assert report.message_stats.model_dump() == {"min": 1, "mean": 1.5, "max": 2, "total": 3}
+
+
 def test_a_dataset_whose_every_example_is_too_long_is_refused(tmp_path: Path, byte_tokenizer: Path):
     data = write_chat(tmp_path / "data.jsonl", 12)  # each example is at least 20 bytes of content
 

@@ -81,7 +81,7 @@ def contract_trainer_bin(tmp_path_factory) -> Path:
     shim = folder / "finetune-trainer"
     shim.write_text(
         "#!/bin/sh\n"
-        f'export PYTHONPATH="{REPO_ROOT}"\n'
+        f'export PYTHONPATH="{REPO_ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"\n'
         ': "${CONTRACT_TRAINER_STEPS:=6}" "${CONTRACT_TRAINER_STEP_SECONDS:=0.3}"\n'
         "export CONTRACT_TRAINER_STEPS CONTRACT_TRAINER_STEP_SECONDS\n"
         'if [ "$1" = train ]; then\n'

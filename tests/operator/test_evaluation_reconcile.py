@@ -238,6 +238,14 @@ def test_only_a_judge_url_the_tenant_wrote_is_held_to_the_rules_for_tenants_urls
     assert config_of(run(spec=spec, observed=observed, config=allowing)).allow_private_urls is True
 
 
+def test_a_pairwise_grader_reaches_the_evaluator_with_its_judge_and_criteria():
+    grader = {"name": "win_rate", "type": "pairwise", "rubric": "The politer answer wins.", "judge": {"url": "https://llm.example/v1", "model": "big"}}
+    plan = run(spec={**SPEC, "graders": [grader], "passCriterion": {"grader": "win_rate", "minScore": 0.5}}, observed=Observed(**INPUTS_READY))
+    [configured] = config_of(plan).graders
+    assert (configured.type, configured.rubric, configured.judge.endpoint, configured.judge.model) == ("pairwise", "The politer answer wins.", "https://llm.example/v1", "big")
+    assert config_of(plan).baseline == "base"
+
+
 def test_the_job_is_restricted_has_no_api_access_and_fails_at_once_on_bad_input():
     plan = run(observed=Observed(**INPUTS_READY))
     job_ = job_of(plan)
@@ -420,6 +428,9 @@ def test_a_failed_evaluation_has_no_passing_verdict():
         ({"resources": {"gpus": 1, "gpuType": "tpu-v9"}}, "spec.resources.gpuType: unknown GPU type 'tpu-v9'"),
         ({"models": [{"name": "a", "baseModel": "s3://ft/m", "fineTuneJob": "x"}], "baseline": None}, "spec.models[0]: set exactly one of"),
         ({"graders": [{"name": "f1", "type": "bleu"}]}, "spec.graders.0.type"),
+        ({"graders": [{"name": "win", "type": "pairwise"}]}, "spec.graders[0].judge: a pairwise grader needs a judge"),
+        ({"baseline": None, "graders": [{"name": "win", "type": "pairwise", "judge": {"url": "https://llm.example/v1", "model": "big"}}]},
+         "spec.baseline: grader win (pairwise) compares each model with the baseline: set baseline"),
     ],
 )
 def test_invalid_specs_fail_with_the_field_and_never_get_a_job(patch, words):

@@ -105,11 +105,14 @@ def test_the_operator_only_list_names_real_fields():
 
 def test_a_training_option_is_one_definition_with_the_same_limits_on_both_sides():
     """The API's hyperparameters are the contract's fields themselves (what the CRD schema and the trainer check)."""
-    from finetune_operator.api.finetunejob import Hyperparameters, LoraSpec
+    from finetune_operator.api.finetunejob import DpoSpec, Hyperparameters, LoraSpec
 
     for name, field in contract.TrainingOptions.model_fields.items():
         assert Hyperparameters.model_fields[name].metadata == field.metadata, name
         assert Hyperparameters.model_fields[name].default == field.default, name
+    for name, field in contract.DpoOptions.model_fields.items():
+        assert (DpoSpec.model_fields[name].metadata, DpoSpec.model_fields[name].default) == (field.metadata, field.default), name
+    assert set(DpoSpec.model_fields) == set(contract.DpoOptions.model_fields)
     for name in contract.LoraOptions.model_fields:
         assert LoraSpec.model_fields[name].metadata == contract.LoraConfig.model_fields[name].metadata, name
     assert set(contract.Hyperparameters.model_fields) - set(Hyperparameters.model_fields) == {"max_grad_norm", "max_steps"}, (

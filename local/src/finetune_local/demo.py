@@ -86,12 +86,14 @@ class LocalCluster:
     real: bool = False
     """A real control plane (kube-apiserver, kube-controller-manager), not the project's own API server."""
     operator_kubeconfig: Path | None = None
+    operator_env: dict[str, str] = field(default_factory=dict)
+    """Operator settings on top of the demo's (FINETUNE_* variables), kept when the operator is started again."""
 
     def client(self) -> Any:
         return self.api.api_client()
 
 
-def start_cluster(work_dir: Path, assets: Path | None = None) -> LocalCluster:
+def start_cluster(work_dir: Path, assets: Path | None = None, operator_env: dict[str, str] | None = None) -> LocalCluster:
     """The API server (a real control plane from ``assets``, the envtest folder, else the project's own), the
     object store, the runner and the operator. On a real control plane the demo's namespace enforces the
     `restricted` Pod Security profile, the runner plays only the nodes, and the operator authenticates with
@@ -103,7 +105,7 @@ def start_cluster(work_dir: Path, assets: Path | None = None) -> LocalCluster:
     from finetune_local.objectstore import start_object_store
     from finetune_local.runner import LocalRunner
 
-    cluster = LocalCluster(work_dir=work_dir, real=assets is not None)
+    cluster = LocalCluster(work_dir=work_dir, real=assets is not None, operator_env=dict(operator_env or {}))
     try:
         crds = [d for d in load_manifests(CRDS) if d.get("kind") == "CustomResourceDefinition"]
         if assets is not None:
@@ -192,6 +194,7 @@ def start_operator(cluster: LocalCluster) -> None:
         "FINETUNE_METRICS_PORT": str(cluster.metrics_port),
         "FINETUNE_SHARED_PREFIXES": f"s3://{BUCKET}/models",
         "FINETUNE_HEALTH_PORT": str(health_port),
+        **cluster.operator_env,
     })
     cluster.operator_log = cluster.work_dir / "operator.log"
     with open(cluster.operator_log, "ab") as log:

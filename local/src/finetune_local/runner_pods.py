@@ -382,6 +382,9 @@ class PodWorker:
             # the trainer writes its termination message where this names (spec env may override it)
             TERMINATION_LOG_ENV: str(c.termination_path),
         }
+        if os.environ.get("PYTHONPATH"):
+            # the "image" is this environment: a checkout the runner itself imports is the code its pods run
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         if self.spec.get("enableServiceLinks", True):
             env.update(self.ctx.service_environment(self.namespace))
         return env

@@ -40,13 +40,26 @@ def base_model_short(uri: str) -> str:
     return path.rsplit("/", 1)[-1] or path
 
 
-def output_model_name(namespace: str, name: str, base_model_uri: str, suffix: str | None) -> str:
-    """The fine-tuned model's name, the Together pattern: ``<namespace>/<base-model-short>:<suffix>:<job-name>``."""
-    parts = [base_model_short(base_model_uri)]
+MAX_MODEL_NAME_LENGTH = 512
+"""status.outputModel.name's limit: a long chain keeps its start (namespace, base model) and its end."""
+
+
+def output_model_name(namespace: str, name: str, base_model_uri: str, suffix: str | None, continues: str | None = None) -> str:
+    """The fine-tuned model's name, the Together pattern: ``<namespace>/<base-model-short>:<suffix>:<job-name>``;
+    a job that continues another's model (fromCheckpoint) records the chain: ``<that model's name>:<suffix>:<job-name>``.
+
+    >>> output_model_name("team-a", "polite", "hf://meta-llama/Llama-3.2-1B", "dpo", continues="team-a/Llama-3.2-1B:support:sft")
+    'team-a/Llama-3.2-1B:support:sft:dpo:polite'
+    """
+    parts = [continues] if continues else [f"{namespace}/{base_model_short(base_model_uri)}"]
     if suffix:
         parts.append(suffix)
     parts.append(name)
-    return f"{namespace}/{':'.join(parts)}"
+    full = ":".join(parts)
+    if len(full) <= MAX_MODEL_NAME_LENGTH:
+        return full
+    keep = (MAX_MODEL_NAME_LENGTH - 1) // 2
+    return f"{full[:keep]}…{full[-keep:]}"
 
 
 def trainer_job_name(name: str) -> str:

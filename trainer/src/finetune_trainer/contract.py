@@ -230,6 +230,39 @@ class TrainingOptions(_Model):
         return 1e-5 if method == "full" else 1e-4
 
 
+class DpoOptions(_Model):
+    """Direct Preference Optimization options (``objective: dpo``). One definition for the FineTuneJob API
+    (``spec.dpo``) and the trainer. DPO trains on pairs of answers to the same conversation: it raises the
+    policy's log-probability ratio against the reference model (the model the job starts from) for the
+    preferred answer over the non-preferred one."""
+
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        le=10,
+        description="beta scales the policy-to-reference log-ratio in the loss (the KL penalty's inverse "
+        "temperature): larger stays closer to the reference model. For lossType ipo it is IPO's tau. "
+        "Greater than 0, at most 10. Default 0.1.",
+    )
+    loss_type: Literal["sigmoid", "ipo"] = Field(
+        default="sigmoid",
+        description="lossType: sigmoid (the DPO paper's -log sigmoid(beta x margin)) or ipo (squared distance of "
+        "the length-averaged margin to 1/(2 beta), which does not push a margin without end). Default sigmoid.",
+    )
+    label_smoothing: float = Field(
+        default=0.0,
+        ge=0,
+        le=0.5,
+        description="labelSmoothing is the assumed fraction of pairs whose preference is wrong (conservative DPO): "
+        "the sigmoid loss also rewards the reverse order this much. Only for lossType sigmoid. At least 0, "
+        "at most 0.5 (as in TRL). Default 0.",
+    )
+
+
+Objective = Literal["sft", "dpo"]
+"""What a training run optimises: ``sft`` (next-token loss on the answers) or ``dpo`` (preference pairs)."""
+
+
 class Hyperparameters(TrainingOptions):
     """What the trainer trains with: the user's options and the trainer's own knobs."""
 
@@ -251,6 +284,10 @@ class TrainerConfig(_Model):
     validation_split: float = Field(default=0.0, ge=0, lt=1)
     """Used when validation_data is empty: this fraction of train_data, split deterministically by seed."""
     method: Literal["lora", "qlora", "full"] = "lora"
+    objective: Objective = "sft"
+    """sft trains on conversations, instructions or text; dpo on preference pairs (format preference)."""
+    dpo: DpoOptions = Field(default_factory=DpoOptions)
+    """DPO options, used when objective is dpo."""
     lora: LoraConfig = Field(default_factory=LoraConfig)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     chat_template: str | None = None
@@ -293,7 +330,17 @@ class Progress(_Model):
     epoch: float = 0.0
     total_epochs: int | None = None
     train_loss: float | None = None
+    """SFT: mean next-token loss of the last step; DPO: mean DPO loss of the last step's pairs."""
     eval_loss: float | None = None
+    reward_accuracy: float | None = None
+    """DPO: fraction of the last step's pairs whose preferred answer got the larger reward."""
+    reward_margin: float | None = None
+    """DPO: mean of (preferred reward - non-preferred reward) over the last step's pairs; a reward is
+    beta x (policy log-probability - reference log-probability) of an answer."""
+    eval_reward_accuracy: float | None = None
+    """DPO: reward accuracy over the validation pairs at the latest validation."""
+    eval_reward_margin: float | None = None
+    """DPO: mean reward margin over the validation pairs at the latest validation."""
     tokens_per_second: float | None = None
     trained_tokens: int = 0
     padding_fraction: float | None = None
@@ -388,7 +435,7 @@ class Manifest(_Model):
 # Datasets
 
 
-DatasetFormat = Literal["auto", "chat", "instruction", "text", "parquet"]
+DatasetFormat = Literal["auto", "chat", "instruction", "text", "preference", "parquet"]
 
 
 class ValidateConfig(_Model):
@@ -443,7 +490,7 @@ class DatasetCheckReport(_Model):
     key_value: bool | None = None
     has_min_samples: bool | None = None
     num_samples: int | None = None
-    format: Literal["chat", "instruction", "text", "parquet"] | None = None
+    format: Literal["chat", "instruction", "text", "preference", "parquet"] | None = None
     errors: list[CheckError] = Field(default_factory=list)
     error_count: int = 0
     sha256: str | None = None
@@ -454,7 +501,7 @@ class DatasetCheckReport(_Model):
     manifest_uri: str | None = None
     token_stats: TokenStats | None = None
     message_stats: TokenStats | None = None
-    """Messages per example (chat format)."""
+    """Messages per example (chat format; preference: of the conversation before the two answers)."""
     retryable: bool = False
     """True when the failure may heal by itself (source not reachable yet): the operator keeps Pending."""
 
@@ -479,7 +526,7 @@ class EvalModel(_Model):
 
 class GraderSpec(_Model):
     name: str
-    type: Literal["exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge"]
+    type: Literal["exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge", "pairwise"]
     pattern: str | None = None
     """regex: the pattern the answer must match (search)."""
     case_sensitive: bool = False
@@ -493,7 +540,7 @@ class GraderSpec(_Model):
     embedding_model: str | None = None
     """semantic_similarity: URI of a sentence-embedding model (mean pooling); None: the bundled all-MiniLM-L6-v2."""
     max_tokens: int = Field(default=512, ge=1, le=32768)
-    """llm_judge: the most tokens the judge may write (its reasoning and the final SCORE line)."""
+    """llm_judge and pairwise: the most tokens the judge may write (its reasoning and the final line)."""
 
 
 class GenerationSettings(_Model):

@@ -102,9 +102,10 @@ class DatasetSpec(ApiModel):
     """A training file and how to check it."""
 
     source: DatasetSource = Field(description="source of the file; changing it validates again.")
-    format: Literal["auto", "chat", "instruction", "text", "parquet"] = Field(
+    format: Literal["auto", "chat", "instruction", "text", "preference", "parquet"] = Field(
         default="auto",
-        description="format: chat (`messages`), instruction (`prompt`/`completion`), text (`text`), parquet "
+        description="format: chat (`messages`), instruction (`prompt`/`completion`), text (`text`), preference "
+        "(`input.messages` with `preferred_output` and `non_preferred_output`, for objective dpo), parquet "
         "(pre-tokenized `input_ids`), or auto to detect it. Default auto.",
     )
     validation: ValidationSplit | None = Field(default=None, description="validation split, if any.")
@@ -173,7 +174,7 @@ class DatasetStatus(ApiModel):
     validation_uri: str | None = Field(default=None, description="validationUri of the normalised validation file.", max_length=2048)
     report: CheckReport | None = Field(default=None, description="report of the last check.")
     token_stats: TokenStatsStatus | None = Field(default=None, description="tokenStats: tokens per example (when a tokenizer is named).")
-    message_stats: TokenStatsStatus | None = Field(default=None, description="messageStats: messages per example (chat).")
+    message_stats: TokenStatsStatus | None = Field(default=None, description="messageStats: messages per example (chat; preference: before the two answers).")
     validation_job_name: str | None = Field(default=None, description="validationJobName of the Job that checked this generation.", max_length=63)
     retries: int | None = Field(default=None, ge=0, description="retries of this generation's validation after a failure that may heal (an unreachable source).")
     next_retry_at: dt.datetime | None = Field(default=None, description="nextRetryAt: the earliest time of the next retry (30 s, doubling up to an hour, with jitter).")

@@ -127,20 +127,28 @@ class GraderSpec(ApiModel):
     """How answers are scored."""
 
     name: str = Field(description="name of the grader (a column of the results table).", max_length=63, pattern=ROW_NAME)
-    type: Literal["exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge"] = Field(
+    type: Literal["exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge", "pairwise"] = Field(
         description="type: exact_match and f1 (SQuAD normalisation), contains, regex, semantic_similarity "
-        "(embedding cosine), llm_judge (a rubric prompt to a judge model)."
+        "(embedding cosine), llm_judge (a rubric prompt to a judge model), pairwise (the judge picks the better of "
+        "a model's answer and the baseline's, asked twice with the answers' order swapped; the score is the win "
+        "rate against the baseline, a tie counting half; needs spec.baseline)."
     )
     pattern: str | None = Field(default=None, description="pattern of a regex grader; the answer passes when it matches.", max_length=4096)
     case_sensitive: bool = Field(default=False, description="caseSensitive for contains and regex. Default false.")
     threshold: float | None = Field(default=None, ge=0, le=1, description="threshold turns a similarity score into pass (1) or fail (0).")
-    judge: JudgeSpec | None = Field(default=None, description="judge model of an llm_judge grader.")
-    rubric: str | None = Field(default=None, description="rubric of an llm_judge grader: what a good answer is.", max_length=16384)
+    judge: JudgeSpec | None = Field(default=None, description="judge model of an llm_judge or pairwise grader.")
+    rubric: str | None = Field(
+        default=None,
+        description="rubric of an llm_judge grader: what a good answer is; of a pairwise grader: what makes one answer "
+        "better than another (unset: helpful, correct and following the conversation's instructions).",
+        max_length=16384,
+    )
 
     crd_extra: ClassVar[dict[str, Any]] = {
         "x-kubernetes-validations": [
             cel("self.type != 'regex' || has(self.pattern)", "a regex grader needs a pattern", field_path=".pattern"),
             cel("self.type != 'llm_judge' || (has(self.judge) && has(self.rubric))", "an llm_judge grader needs judge and rubric", field_path=".judge"),
+            cel("self.type != 'pairwise' || has(self.judge)", "a pairwise grader needs a judge", field_path=".judge"),
         ]
     }
 
@@ -198,6 +206,11 @@ class EvaluationSpec(ApiModel):
             cel("self.models.all(m, self.models.exists_one(n, n.name == m.name))", "model names must be unique", field_path=".models"),
             cel("self.graders.all(g, self.graders.exists_one(h, h.name == g.name))", "grader names must be unique", field_path=".graders"),
             cel("!has(self.baseline) || self.models.exists(m, m.name == self.baseline)", "baseline must name one of models", field_path=".baseline"),
+            cel(
+                "has(self.baseline) || !self.graders.exists(g, g.type == 'pairwise')",
+                "a pairwise grader compares each model with the baseline: set baseline",
+                field_path=".baseline",
+            ),
             cel(
                 "!has(self.passCriterion) || self.graders.exists(g, g.name == self.passCriterion.grader)",
                 "passCriterion.grader must name one of graders",
@@ -345,6 +358,10 @@ def spec_problems(spec: EvaluationSpec, config: OperatorConfig) -> list[str]:
             problems.append(f"spec.graders[{i}].pattern: a regex grader needs a pattern")
         if g.type == "llm_judge" and (g.judge is None or not g.rubric):
             problems.append(f"spec.graders[{i}].judge: an llm_judge grader needs judge and rubric")
+        if g.type == "pairwise" and g.judge is None:
+            problems.append(f"spec.graders[{i}].judge: a pairwise grader needs a judge")
+        if g.type == "pairwise" and not spec.baseline:
+            problems.append(f"spec.baseline: grader {g.name} (pairwise) compares each model with the baseline: set baseline")
         if g.judge is not None and (g.judge.inference_endpoint is None) == (g.judge.url is None):
             problems.append(f"spec.graders[{i}].judge: set exactly one of inferenceEndpoint and url")
     if spec.baseline and spec.baseline not in models:

@@ -45,8 +45,9 @@ class ConditionType:
 
     VALIDATED = "Validated"
     """The spec is valid and its inputs are ready. Reasons: InputsReady, InvalidSpec, DatasetNotFound,
-    DatasetNotReady, DatasetInvalid, DatasetChanged (the Job is gone and its Dataset holds other data now),
-    CheckpointNotFound, CheckpointNotReady, SecretNotFound, PodPending."""
+    DatasetNotReady, DatasetInvalid, DatasetWrongFormat (objective dpo needs a preference Dataset, sft any
+    other), DatasetChanged (the Job is gone and its Dataset holds other data now), CheckpointNotFound,
+    CheckpointNotReady, CheckpointIncompatible, SecretNotFound, PodPending."""
     ADMITTED = "Admitted"
     """The Job may start: not suspended and, with a queue, admitted by Kueue. Reasons: Admitted,
     WaitingForQueue, Suspended."""
@@ -70,8 +71,12 @@ class Reason:
     DATASET_NOT_FOUND = "DatasetNotFound"
     DATASET_NOT_READY = "DatasetNotReady"
     DATASET_INVALID = "DatasetInvalid"
+    DATASET_WRONG_FORMAT = "DatasetWrongFormat"
+    """The Dataset's format does not fit the objective: dpo needs format preference, sft any other."""
     CHECKPOINT_NOT_FOUND = "CheckpointNotFound"
     CHECKPOINT_NOT_READY = "CheckpointNotReady"
+    CHECKPOINT_INCOMPATIBLE = "CheckpointIncompatible"
+    """fromCheckpoint names a job whose model this one cannot continue (LoRA and full, another base model)."""
     ADMITTED = "Admitted"
     WAITING_FOR_QUEUE = "WaitingForQueue"
     SUSPENDED = "Suspended"
@@ -123,6 +128,23 @@ class Hyperparameters(ApiModel, contract.TrainingOptions):
     }
 
 
+class DpoSpec(ApiModel, contract.DpoOptions):
+    """DPO options (objective dpo). beta, lossType and labelSmoothing are defined once, in the operator-trainer
+    contract (``finetune_trainer.contract.DpoOptions``). The reference model is the model the job starts from:
+    the base model (LoRA: the base with a fresh adapter, whose update is zero), the fromCheckpoint model, or
+    the full model it fine-tunes; its log-probabilities are computed once, before the first step."""
+
+    crd_extra: ClassVar[dict[str, Any]] = {
+        "x-kubernetes-validations": [
+            cel(
+                "!has(self.lossType) || self.lossType != 'ipo' || !has(self.labelSmoothing) || self.labelSmoothing == 0.0",
+                "labelSmoothing applies to lossType sigmoid only",
+                field_path=".labelSmoothing",
+            )
+        ]
+    }
+
+
 class OutputSpec(ApiModel):
     """Where the fine-tuned model goes."""
 
@@ -165,6 +187,16 @@ class FineTuneJobSpec(ApiModel):
         default="lora",
         description="method: lora (default), qlora (4-bit base model, GPU only) or full (every weight).",
     )
+    objective: contract.Objective = Field(
+        default="sft",
+        description="objective: sft (supervised: the next-token loss on the answers of a chat, instruction, text or "
+        "parquet Dataset) or dpo (Direct Preference Optimization on a preference Dataset: the policy learns to rank "
+        "each preferred answer above its non-preferred one, relative to the reference model). Any method. "
+        "Default sft. Immutable.",
+    )
+    dpo: DpoSpec | None = Field(
+        default=None, description="dpo options for objective dpo. Unset: beta 0.1, lossType sigmoid, labelSmoothing 0. Immutable."
+    )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="lora options for methods lora and qlora.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="hyperparameters of the training run.")
     resources: GpuResources = Field(default_factory=GpuResources, description="resources of each node.")
@@ -178,7 +210,10 @@ class FineTuneJobSpec(ApiModel):
     from_checkpoint: str | None = Field(
         default=None,
         description="fromCheckpoint continues another FineTuneJob of this namespace: `<job>` for its final "
-        "model or `<job>:<step>` for one of its checkpoints. Immutable.",
+        "model or `<job>:<step>` for one of its checkpoints (e.g. objective dpo after an sft job). Methods lora and "
+        "qlora continue a LoRA adapter of the same baseModel; method full a full model: a full job's, or a LoRA "
+        "job's merged model (its output.merge). The output model's name then records the chain: "
+        "<the continued model's name>:<suffix>:<job-name>. Immutable.",
         max_length=270,
         pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]+)?$",
     )
@@ -220,6 +255,7 @@ class FineTuneJobSpec(ApiModel):
                 "method qlora needs GPUs (resources.gpus > 0)",
                 field_path=".method",
             ),
+            cel("!has(self.dpo) || self.objective == 'dpo'", "dpo options need objective dpo", field_path=".dpo"),
             cel(
                 "self.numNodes == 1 || !has(self.resources) || self.resources.gpus > 0",
                 "numNodes > 1 needs GPUs on each node (resources.gpus > 0)",
@@ -231,6 +267,8 @@ class FineTuneJobSpec(ApiModel):
             immutable("validationDataset"),
             immutable("validationSplit"),
             immutable("method"),
+            immutable("objective"),
+            immutable("dpo"),
             immutable("lora"),
             immutable("hyperparameters"),
             immutable("resources"),
@@ -252,8 +290,22 @@ class Progress(ApiModel):
     percent: int = Field(default=0, ge=0, le=100, description="percent of the steps done.")
     summary: str = Field(default="", description="summary for `kubectl get`: e.g. `42% (21/50)`.", max_length=64)
     epoch: float = Field(default=0.0, ge=0, description="epoch is the fractional epoch reached.")
-    train_loss: float | None = Field(default=None, description="trainLoss averaged over the last reporting interval.")
-    eval_loss: float | None = Field(default=None, description="evalLoss from the latest validation.")
+    train_loss: float | None = Field(default=None, description="trainLoss of the latest step (objective dpo: the DPO loss).")
+    eval_loss: float | None = Field(default=None, description="evalLoss from the latest validation (objective dpo: the DPO loss).")
+    reward_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="rewardAccuracy (objective dpo): fraction of the latest step's pairs whose preferred answer got the larger reward."
+    )
+    reward_margin: float | None = Field(
+        default=None,
+        description="rewardMargin (objective dpo): mean preferred minus non-preferred reward of the latest step's pairs; "
+        "a reward is beta x (policy - reference) log-probability of an answer.",
+    )
+    eval_reward_accuracy: float | None = Field(
+        default=None, ge=0, le=1, description="evalRewardAccuracy (objective dpo): reward accuracy over the validation pairs at the latest validation."
+    )
+    eval_reward_margin: float | None = Field(
+        default=None, description="evalRewardMargin (objective dpo): mean reward margin over the validation pairs at the latest validation."
+    )
     tokens_per_second: float | None = Field(default=None, ge=0, description="tokensPerSecond of trained (non-padding) tokens.")
     eta_seconds: int | None = Field(default=None, ge=0, description="etaSeconds until training ends, estimated.")
     updated_at: dt.datetime | None = Field(default=None, description="updatedAt is when the trainer wrote this progress.")
@@ -273,7 +325,11 @@ class OutputModelStatus(ApiModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
 
-    name: str = Field(description="name of the output model: <namespace>/<base-model-short>:<suffix>:<job-name>.", max_length=512)
+    name: str = Field(
+        description="name of the output model: <namespace>/<base-model-short>:<suffix>:<job-name>, or with fromCheckpoint "
+        "<the continued model's name>:<suffix>:<job-name>.",
+        max_length=512,
+    )
     uri: str = Field(description="uri of the model folder (the LoRA adapter, or the full model for method full).", max_length=2048)
     merged_uri: str | None = Field(default=None, description="mergedUri of the merged model when output.merge is true.", max_length=2048)
     adapter: bool = Field(default=True, description="adapter is true when uri holds a LoRA adapter for the base model.")
@@ -325,12 +381,32 @@ def progress_status(progress: contract.Progress) -> dict[str, Any]:
     }
     if total:
         out["totalSteps"] = total
-    for key, value in (("trainLoss", progress.train_loss), ("evalLoss", progress.eval_loss), ("tokensPerSecond", progress.tokens_per_second)):
-        if value is not None and math.isfinite(value):
+    for key, value in (
+        ("trainLoss", progress.train_loss),
+        ("evalLoss", progress.eval_loss),
+        ("tokensPerSecond", progress.tokens_per_second),
+        ("rewardAccuracy", progress.reward_accuracy),
+        ("rewardMargin", progress.reward_margin),
+        ("evalRewardAccuracy", progress.eval_reward_accuracy),
+        ("evalRewardMargin", progress.eval_reward_margin),
+    ):
+        if value is not None and math.isfinite(value) and (not key.endswith("Accuracy") or 0 <= value <= 1):
             out[key] = round(float(value), 6)
     if progress.eta_seconds is not None and math.isfinite(progress.eta_seconds):
         out["etaSeconds"] = max(0, int(progress.eta_seconds))
     return out
+
+
+def preference_figures(progress: contract.Progress) -> str:
+    """`` (validation: DPO loss 0.21, reward accuracy 0.95, reward margin 2.4)`` for a DPO job's completion,
+    from its latest validation or else its last step; empty for a job that reported no reward figures."""
+    loss, accuracy, margin, where = progress.eval_loss, progress.eval_reward_accuracy, progress.eval_reward_margin, "validation"
+    if accuracy is None:
+        loss, accuracy, margin, where = progress.train_loss, progress.reward_accuracy, progress.reward_margin, "last step"
+    values = (loss, accuracy, margin)
+    if any(v is None or not math.isfinite(v) for v in values):
+        return ""
+    return f" ({where}: DPO loss {loss:.3f}, reward accuracy {accuracy:.3f}, reward margin {margin:.3f})"
 
 
 def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> list[str]:
@@ -341,6 +417,10 @@ def spec_problems(spec: FineTuneJobSpec, config: OperatorConfig, name: str) -> l
         problems.append(f"spec.resources.gpuType: unknown GPU type {spec.resources.gpu_type!r} (known: {known})")
     if spec.from_checkpoint and spec.from_checkpoint.partition(":")[0] == name:
         problems.append("spec.fromCheckpoint: a job cannot continue from itself")
+    if spec.dpo is not None and spec.objective != "dpo":
+        problems.append("spec.dpo: dpo options need objective dpo")
+    if spec.dpo is not None and spec.dpo.loss_type == "ipo" and spec.dpo.label_smoothing:
+        problems.append("spec.dpo.labelSmoothing: applies to lossType sigmoid only")
     if spec.method == "qlora" and spec.resources.gpus == 0:
         problems.append("spec.method: qlora needs GPUs (resources.gpus > 0)")
     if spec.num_nodes > 1 and spec.resources.gpus == 0:

@@ -169,7 +169,7 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--baseline", default=None, metavar="ROW", help="the row the others are compared with")
     parser.add_argument("--grader", dest="graders", action="append", choices=GRADER_TYPES, metavar="TYPE",
-                        help=f"a grader (repeat): {', '.join(GRADER_TYPES)} (default exact_match and f1; regex and llm_judge: write YAML)")
+                        help=f"a grader (repeat): {', '.join(GRADER_TYPES)} (default exact_match and f1; regex, llm_judge and pairwise: write YAML)")
     parser.add_argument("--split", choices=("validation", "train"), default=None, help="split of the Dataset (default validation)")
     parser.add_argument("--max-samples", type=int, default=None, metavar="N", help="evaluate the first N samples")
     parser.add_argument("--max-tokens", type=int, default=None, metavar="N", help="tokens per answer (default 128)")

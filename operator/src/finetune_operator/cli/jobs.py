@@ -144,6 +144,10 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validation-dataset", default=None, metavar="NAME", help="a Dataset for validation loss")
     parser.add_argument("--validation-split", type=float, default=None, metavar="F", help="hold out this fraction for validation loss")
     parser.add_argument("--method", choices=("lora", "qlora", "full"), default=None, help="default lora")
+    parser.add_argument("--objective", choices=("sft", "dpo"), default=None, help="sft (default) or dpo on a preference Dataset")
+    parser.add_argument("--dpo-beta", type=float, default=None, metavar="F", help="objective dpo: beta (default 0.1)")
+    parser.add_argument("--dpo-loss-type", choices=("sigmoid", "ipo"), default=None, help="objective dpo: the loss (default sigmoid)")
+    parser.add_argument("--dpo-label-smoothing", type=float, default=None, metavar="F", help="objective dpo, sigmoid loss (default 0)")
     parser.add_argument("--epochs", type=int, default=None, help="default 3")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 1e-4 (lora), 1e-5 (full)")
     parser.add_argument("--batch-size", default=None, help="an integer or auto (default)")
@@ -177,9 +181,12 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.model_secret:
         spec["baseModel"]["secretRef"] = {"name": args.model_secret}
     for key, value in (("validationDataset", args.validation_dataset), ("validationSplit", args.validation_split), ("method", args.method),
-                       ("suffix", args.suffix), ("fromCheckpoint", args.from_checkpoint), ("queueName", args.queue), ("numNodes", args.nodes)):
+                       ("objective", args.objective), ("suffix", args.suffix), ("fromCheckpoint", args.from_checkpoint), ("queueName", args.queue), ("numNodes", args.nodes)):
         if value is not None:
             spec[key] = value
+    dpo = {k: v for k, v in (("beta", args.dpo_beta), ("lossType", args.dpo_loss_type), ("labelSmoothing", args.dpo_label_smoothing)) if v is not None}
+    if dpo:
+        spec["dpo"] = dpo
     batch_size: Any = args.batch_size
     if batch_size is not None and batch_size != "auto":
         try:

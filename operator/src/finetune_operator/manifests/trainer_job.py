@@ -27,6 +27,9 @@ RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9090
 DATASET_SHA_ANNOTATION = "finetune.dev/dataset-sha256"
 """On the trainer's ConfigMap and Job: the sha256 of the training data they were made from."""
+OUTPUT_MODEL_ANNOTATION = "finetune.dev/output-model-name"
+"""On the trainer's ConfigMap and Job: the output model's name, decided when they were made (a continued
+job's name records the model it continues, which may be gone by the time this one completes)."""
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 
 
@@ -63,6 +66,8 @@ def trainer_config(name: str, namespace: str, spec: FineTuneJobSpec, inputs: Tra
         validation_data=inputs.validation_data,
         validation_split=spec.validation_split or 0.0,
         method=spec.method,
+        objective=spec.objective,
+        dpo=contract.DpoOptions.model_validate(spec.dpo.model_dump()) if spec.dpo is not None else contract.DpoOptions(),
         lora=contract.LoraConfig.model_validate({**spec.lora.model_dump(), "target_modules": targets}),
         hyperparameters=contract.Hyperparameters.model_validate(hyperparameters),
         merge=spec.output.merge,
@@ -100,6 +105,11 @@ SPEC_FIELDS_FOR_THE_OPERATOR = {
 }
 """The FineTuneJob spec fields that shape the Job or are resolved by the operator instead of being handed to
 the trainer as they are (a test holds every other spec field to reaching the trainer's config)."""
+
+
+def recorded_model_name(job: dict) -> str | None:
+    """The output model's name the trainer's Job was made with (None for a Job made before names were recorded)."""
+    return ((job.get("metadata") or {}).get("annotations") or {}).get(OUTPUT_MODEL_ANNOTATION)
 
 
 def inputs_from_config_map(config_map: dict | None, owner_uid: str) -> TrainerInputs | None:
@@ -143,6 +153,8 @@ def build_trainer_children(owner: dict, spec: FineTuneJobSpec, inputs: TrainerIn
     base_labels = common.labels("trainer", KIND_LABEL, name)
     cfg = trainer_config(name, namespace, spec, inputs, config)
     annotations = {DATASET_SHA_ANNOTATION: inputs.dataset_sha256} if inputs.dataset_sha256 else {}
+    if inputs.output_model_name:
+        annotations[OUTPUT_MODEL_ANNOTATION] = inputs.output_model_name
     configmap = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

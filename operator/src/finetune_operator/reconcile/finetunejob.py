@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from finetune_operator import naming, tenancy
 from finetune_operator.api.finetunejob import ConditionType as C
-from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, progress_status, spec_problems
+from finetune_operator.api.finetunejob import FineTuneJobSpec, FineTuneJobStatus, Reason, TERMINAL_PHASES, preference_figures, progress_status, spec_problems
 from finetune_operator.config import OperatorConfig
-from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, build_trainer_children, inputs_from_config_map
+from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, build_trainer_children, inputs_from_config_map, recorded_model_name
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.inputs import trainer_inputs
 from finetune_operator.reconcile.conditions import Conditions, now, rfc3339
@@ -115,8 +115,7 @@ def _create_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
     inputs = inputs_from_config_map(observed.config_map, r.uid)
     if inputs is None:
         inputs, problem = trainer_inputs(spec, observed.dataset, observed.validation_dataset, observed.checkpoint_source,
-                                         r.out["artifactsUri"], naming.output_model_name(r.namespace, r.name, spec.base_model.uri, spec.suffix),
-                                         spec.queue_name or config.default_queue or None, r.namespace, config)
+                                         r.out["artifactsUri"], r.name, spec.queue_name or config.default_queue or None, r.namespace, config)
         problem = tenancy.secret_problem(spec, observed.secrets, r.namespace, config) or problem
         if problem is None and recreating and r.old.get("datasetSha256") and inputs.dataset_sha256 != r.old["datasetSha256"]:
             problem = (Reason.DATASET_CHANGED, f"the Job {naming.trainer_job_name(r.name)} is gone and Dataset {spec.dataset} "
@@ -221,13 +220,13 @@ def _finished(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec, o
         r.conditions.set(C.FAILED, True, Reason.TRAINER_FAILED, "the trainer exited 0 but no complete model (manifest.json) was found")
         r.out["message"] = "Job failed: the trainer exited without a complete model"
         return r.finish(plan)
-    model_name = naming.output_model_name(r.namespace, r.name, spec.base_model.uri, spec.suffix)
+    model_name = recorded_model_name(job) or naming.output_model_name(r.namespace, r.name, spec.base_model.uri, spec.suffix)
     r.out["outputModel"] = {"name": model_name, "uri": progress.model_uri, "adapter": spec.method != "full"}
     if progress.merged_model_uri:
         r.out["outputModel"]["mergedUri"] = progress.merged_model_uri
     r.conditions.set(C.RUNNING, False, Reason.STOPPED, "training finished")
     r.conditions.set(C.SUCCEEDED, True, Reason.MODEL_UPLOADED, f"model {model_name} uploaded")
-    r.out["message"] = f"Fine-tuning job completed: model {model_name}"
+    r.out["message"] = f"Fine-tuning job completed: model {model_name}" + (preference_figures(progress) if spec.objective == "dpo" else "")
     if r.out.get("progress"):
         r.out["progress"] = {**r.out["progress"], "percent": 100, "summary": f"100% ({progress.step}/{progress.total_steps or progress.step})"}
     return r.finish(plan)

@@ -4,7 +4,7 @@ returns what it found, or the (reason, message) that keeps the caller waiting.""
 
 from __future__ import annotations
 
-from finetune_operator import tenancy
+from finetune_operator import naming, tenancy
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import EvaluationSpec
 from finetune_operator.api.evaluation import Reason as EvaluationReason
@@ -41,11 +41,33 @@ def dataset_problem(kind_label: str, name: str, ds: dict | None) -> tuple[str, s
     return None
 
 
-def resolve_checkpoint(ref: str, source: dict | None) -> tuple[str | None, tuple[str, str] | None]:
-    """fromCheckpoint `<job>` or `<job>:<step>` → (uri, problem)."""
+def format_problem(objective: str, field: str, name: str, ds: dict) -> tuple[str, str] | None:
+    """(reason, message) when a Ready Dataset's format does not fit the objective: dpo trains on preference
+    pairs only, sft on anything else."""
+    fmt = (ds.get("status") or {}).get("format")
+    if objective == "dpo" and fmt and fmt != "preference":
+        return Reason.DATASET_WRONG_FORMAT, (
+            f"{field}: Dataset {name} is in {fmt} format; objective dpo (spec.objective) trains on preference pairs: "
+            "name a Dataset of format preference"
+        )
+    if objective != "dpo" and fmt == "preference":
+        return Reason.DATASET_WRONG_FORMAT, (
+            f"{field}: Dataset {name} holds preference pairs, which train with objective dpo (spec.objective: dpo); "
+            "objective sft needs a chat, instruction, text or parquet Dataset"
+        )
+    return None
+
+
+def resolve_checkpoint(ref: str, source: dict | None, spec: FineTuneJobSpec | None = None) -> tuple[str | None, tuple[str, str] | None]:
+    """fromCheckpoint `<job>` or `<job>:<step>` → (uri, problem). With this job's ``spec``, the source must fit it:
+    a LoRA job continues a LoRA adapter of the same base model, a full job a full model (its own, or the adapter
+    merged into the base model: the source's output.merge)."""
     job, _, step = ref.partition(":")
     if source is None:
         return None, (Reason.CHECKPOINT_NOT_FOUND, f"fromCheckpoint: FineTuneJob {job} does not exist")
+    incompatible = _continuation_problem(job, step, source, spec) if spec is not None else None
+    if incompatible:
+        return None, (Reason.CHECKPOINT_INCOMPATIBLE, incompatible)
     status = source.get("status", {})
     if step:
         for cp in status.get("checkpoints", []) or []:
@@ -57,25 +79,61 @@ def resolve_checkpoint(ref: str, source: dict | None) -> tuple[str | None, tuple
         return None, (Reason.CHECKPOINT_NOT_READY, f"fromCheckpoint: waiting for {job} to reach step {step} (checkpoints: {steps})")
     model = status.get("outputModel") or {}
     if status.get("phase") == "Completed" and model.get("uri"):
+        if spec is not None and spec.method == "full" and model.get("adapter", True):
+            if not model.get("mergedUri"):
+                return None, (Reason.CHECKPOINT_INCOMPATIBLE, f"fromCheckpoint: {job} made a LoRA adapter without a merged model; "
+                              "method full continues a full model: fine-tune it with output.merge: true, or continue it with method lora")  # fmt: skip
+            return model["mergedUri"], None
         return model["uri"], None
     if status.get("phase") in ("Failed", "Cancelled"):
         return None, (Reason.CHECKPOINT_NOT_FOUND, f"fromCheckpoint: {job} ended {status.get('phase')} without a model")
     return None, (Reason.CHECKPOINT_NOT_READY, f"fromCheckpoint: waiting for {job} to complete")
 
 
+def _continuation_problem(job: str, step: str, source: dict, spec: FineTuneJobSpec) -> str | None:
+    """Why this job cannot continue the FineTuneJob ``source`` (its spec, which does not change), or None."""
+    source_spec = source.get("spec") or {}
+    source_lora = source_spec.get("method", "lora") != "full"
+    if spec.method != "full" and not source_lora:
+        return (f"fromCheckpoint: {job} fine-tuned every weight (method full); method {spec.method} continues a LoRA adapter: "
+                f"continue it with method full, or name its model ({job}'s status.outputModel.uri) as baseModel")  # fmt: skip
+    source_base = (source_spec.get("baseModel") or {}).get("uri")
+    if spec.method != "full" and source_base and source_base != spec.base_model.uri:
+        return f"fromCheckpoint: {job}'s adapter belongs to baseModel {source_base}, not {spec.base_model.uri}"
+    if spec.method == "full" and source_lora and step:
+        return f"fromCheckpoint: {job}:{step} is a LoRA checkpoint; method full continues a full model (a LoRA job's merged final model)"
+    return None
+
+
+def parent_model_name(source: dict | None) -> str | None:
+    """The output model name of the FineTuneJob a job continues: its status's, or the one it will have."""
+    if source is None:
+        return None
+    named = ((source.get("status") or {}).get("outputModel") or {}).get("name")
+    if named:
+        return named
+    meta, spec = source.get("metadata") or {}, source.get("spec") or {}
+    return naming.output_model_name(meta.get("namespace", ""), meta.get("name", ""), (spec.get("baseModel") or {}).get("uri", ""), spec.get("suffix"))
+
+
 def trainer_inputs(
     spec: FineTuneJobSpec, dataset: dict | None, validation_dataset: dict | None, checkpoint_source: dict | None,
-    artifacts_uri: str, output_model_name: str, queue: str | None, namespace: str, config: OperatorConfig,
+    artifacts_uri: str, name: str, queue: str | None, namespace: str, config: OperatorConfig,
 ) -> tuple[TrainerInputs, tuple[str, str] | None]:
-    """A FineTuneJob's inputs from its Datasets (and the job it continues), or the first reason it must wait."""
+    """A FineTuneJob's inputs from its Datasets (and the job it continues), or the first reason it must wait.
+    The output model's name is decided here: a continued model's name is part of it."""
     empty = TrainerInputs(train_data=[], artifacts_uri=artifacts_uri, output_model_name="")
     problem = dataset_problem("Dataset", spec.dataset, dataset)
+    if problem:
+        return empty, problem
+    problem = format_problem(spec.objective, "spec.dataset", spec.dataset, dataset)  # type: ignore[arg-type]
     if problem:
         return empty, problem
     ds_status = dataset["status"]  # type: ignore[index]
     validation: list[str] = []
     if spec.validation_dataset:
         problem = dataset_problem("validation Dataset", spec.validation_dataset, validation_dataset)
+        problem = problem or format_problem(spec.objective, "spec.validationDataset", spec.validation_dataset, validation_dataset)  # type: ignore[arg-type]
         if problem:
             return empty, problem
         vstatus = validation_dataset["status"]  # type: ignore[index]
@@ -84,7 +142,7 @@ def trainer_inputs(
         validation = [ds_status["validationUri"]]
     checkpoint = None
     if spec.from_checkpoint:
-        checkpoint, problem = resolve_checkpoint(spec.from_checkpoint, checkpoint_source)
+        checkpoint, problem = resolve_checkpoint(spec.from_checkpoint, checkpoint_source, spec)
         if problem:
             return empty, problem
         outside = tenancy.check_read(checkpoint or "", "spec.fromCheckpoint", namespace, config)
@@ -96,7 +154,7 @@ def trainer_inputs(
         dataset_sha256=ds_status.get("sha256"),
         from_checkpoint=checkpoint,
         artifacts_uri=artifacts_uri,
-        output_model_name=output_model_name,
+        output_model_name=naming.output_model_name(namespace, name, spec.base_model.uri, spec.suffix, parent_model_name(checkpoint_source) if checkpoint else None),
         queue=queue,
     ), None
 

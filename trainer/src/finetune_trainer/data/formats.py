@@ -9,6 +9,8 @@ Accepted shapes (those the hosted fine-tuning services accept):
 * conversational: ``{"messages": [{"role": "system"|"user"|"assistant", "content": str, "weight": 0|1}, ...]}``
 * instruction: ``{"prompt": str, "completion": str}``
 * generic text: ``{"text": str}``
+* preference (DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role": "assistant", "content": str}],
+  "non_preferred_output": [...]}``: the conversation ends with a user turn, each output is one assistant message
 * Parquet: columns ``input_ids`` (list of int) and optionally ``labels`` (list of int, -100 = ignored).
 """
 
@@ -22,7 +24,7 @@ from typing import Literal
 
 ROLES = ("system", "user", "assistant")
 
-ExampleKind = Literal["chat", "instruction", "text", "tokens"]
+ExampleKind = Literal["chat", "instruction", "text", "preference", "tokens"]
 
 
 class DatasetError(ValueError):
@@ -55,12 +57,18 @@ class RawExample:
     text: str = ""
     input_ids: list[int] = field(default_factory=list)
     labels: list[int] | None = None
+    preferred: str = ""
+    """preference: the preferred answer (``messages`` is the conversation before it)."""
+    non_preferred: str = ""
+    """preference: the non-preferred answer."""
 
 
 def parse_record(record: object, source: str, line: int) -> RawExample:
     """Turn one decoded JSON object into a ``RawExample``, or raise ``DatasetError`` saying which rule it breaks."""
     if not isinstance(record, dict):
         raise DatasetError(source, line, f"expected a JSON object, got {type(record).__name__}")
+    if "preferred_output" in record or "non_preferred_output" in record:
+        return _preference_example(record, source, line)
     if "messages" in record:
         messages = record["messages"]
         if not isinstance(messages, list) or not messages:
@@ -93,7 +101,34 @@ def parse_record(record: object, source: str, line: int) -> RawExample:
     if "input_ids" in record:
         return _tokens_example(record.get("input_ids"), record.get("labels"), source, line)
     keys = ", ".join(sorted(map(str, record))) or "none"
-    raise DatasetError(source, line, f"unknown example format (keys: {keys}); expected messages, prompt/completion or text")
+    raise DatasetError(
+        source, line, f"unknown example format (keys: {keys}); expected messages, prompt/completion, text or preferred_output/non_preferred_output"
+    )
+
+
+def _preference_example(record: dict, source: str, line: int) -> RawExample:
+    conversation = record.get("input")
+    messages = conversation.get("messages") if isinstance(conversation, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise DatasetError(source, line, "'input.messages' must be a non-empty list")
+    parsed: list[Message] = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in ROLES or not isinstance(message.get("content"), str):
+            raise DatasetError(source, line, f"input.messages[{i}] must have a role ({', '.join(ROLES)}) and a string content")
+        parsed.append(Message(role=message["role"], content=message["content"]))
+    if parsed[-1].role != "user":
+        raise DatasetError(source, line, "input.messages must end with a user message")
+    answers = []
+    for key in ("preferred_output", "non_preferred_output"):
+        output = record.get(key)
+        if not isinstance(output, list) or len(output) != 1 or not isinstance(output[0], dict):
+            raise DatasetError(source, line, f"'{key}' must be a list of one assistant message")
+        if output[0].get("role") != "assistant" or not isinstance(output[0].get("content"), str):
+            raise DatasetError(source, line, f"{key}[0] must be an assistant message with a string content")
+        answers.append(output[0]["content"])
+    if answers[0] == answers[1]:
+        raise DatasetError(source, line, "the preferred and the non-preferred answer are the same")
+    return RawExample(kind="preference", source=source, line=line, messages=parsed, preferred=answers[0], non_preferred=answers[1])
 
 
 def _tokens_example(input_ids: object, labels: object, source: str, line: int) -> RawExample:

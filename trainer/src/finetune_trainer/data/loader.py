@@ -64,6 +64,8 @@ class ExampleTokenizer:
             completion = list(self.tokenizer(raw.completion, add_special_tokens=False)["input_ids"]) + self.eos
             ids = prompt + completion
             example = TokenizedExample(ids, labels_for_completion(len(prompt), ids, self.train_on_inputs))
+        elif raw.kind == "preference":
+            raise DatasetError(raw.source, raw.line, "a preference pair trains with objective dpo, not sft")
         elif raw.kind == "text":
             ids = list(self.tokenizer(raw.text, add_special_tokens=True)["input_ids"]) + self.eos
             example = TokenizedExample(ids, list(ids))

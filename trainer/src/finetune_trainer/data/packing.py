@@ -78,6 +78,11 @@ class Batch:
     num_padding: int
     num_label_tokens: int
 
+    @property
+    def loss_units(self) -> int:
+        """What the loss is a mean over: label tokens."""
+        return self.num_label_tokens
+
     def to(self, device: torch.device | str) -> "Batch":
         return Batch(
             self.input_ids.to(device, non_blocking=True),

@@ -17,6 +17,10 @@ Accepted shapes (what Together and OpenAI accept for supervised fine-tuning):
   (an integer, 0 or 1) only on assistant messages, as OpenAI documents it;
 * instruction: ``{"prompt": str, "completion": str}`` (an empty prompt is allowed, an empty completion not);
 * text: ``{"text": str}``;
+* preference (Together's shape, for DPO): ``{"input": {"messages": [...]}, "preferred_output": [{"role":
+  "assistant", "content": str}], "non_preferred_output": [...]}``: the conversation follows the chat rules
+  (no weights) and ends with a user message; each output is a list of exactly one assistant message; the
+  two answers differ. A line with either output key is a preference example;
 * parquet: ``input_ids`` (non-empty list of non-negative integers), optional ``labels`` (as long, token ids
   or -100) and ``attention_mask`` (as long, 0 or 1).
 
@@ -26,7 +30,8 @@ else the first JSON object whose keys name a format; a later line of another for
 
 Token statistics (min/mean/max/total per example) need a ``tokenizer.json`` (Hugging Face ``tokenizers``);
 they count the text of an example (chat: the message contents joined by newlines; instruction: prompt and
-completion), without a chat template, so a templated example is a few tokens per message longer. Parquet
+completion; preference: the conversation and the longer answer, the longer of the two sequences DPO trains
+on), without a chat template, so a templated example is a few tokens per message longer. Parquet
 rows are counted from ``input_ids``. When a token limit is given too, a dataset whose every example is
 longer is rejected (``all_too_long``): nothing of it would train untruncated.
 """
@@ -78,7 +83,7 @@ RULES: dict[str, str] = {
     "mixed_formats": "the line is of another format than the file's",
     "missing_key": "a required key is missing",
     "unknown_key": "a key the format does not know",
-    "wrong_type": "a value of the wrong type (messages not a list, a message not an object)",
+    "wrong_type": "a value of the wrong type (messages not a list, a message not an object, input not an object)",
     "empty_messages": "an empty messages list",
     "unknown_role": "a role other than system, user, assistant",
     "repeated_role": "the same role twice in a row",
@@ -87,6 +92,10 @@ RULES: dict[str, str] = {
     "empty_content": "empty or whitespace-only content (or completion, or text)",
     "content_not_string": "content (or prompt, completion, text) that is not a string",
     "bad_weight": "a weight that is not the integer 0 or 1, or a weight on a non-assistant message",
+    "no_final_user": "preference: the conversation (input.messages) does not end with a user message",
+    "bad_output": "preference: preferred_output or non_preferred_output does not hold exactly one message",
+    "output_not_assistant": "preference: an answer (preferred_output, non_preferred_output) that is not an assistant message",
+    "identical_outputs": "preference: the preferred and the non-preferred answer are the same",
     "control_character": "a control character other than tab, newline, carriage return in the text",
     "null_value": "a null Parquet value",
     "empty_input_ids": "an empty input_ids list",
@@ -107,6 +116,7 @@ FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "chat": ("messages",),
     "instruction": ("prompt", "completion"),
     "text": ("text",),
+    "preference": ("input", "preferred_output", "non_preferred_output"),
 }
 PARQUET_COLUMNS = ("input_ids", "labels", "attention_mask")
 PARQUET_MAGIC = b"PAR1"
@@ -276,6 +286,8 @@ def _describe(value: object) -> str:
 
 
 def _format_of(record: dict) -> str | None:
+    if "preferred_output" in record or "non_preferred_output" in record:
+        return "preference"
     if "messages" in record:
         return "chat"
     if "prompt" in record or "completion" in record:
@@ -328,45 +340,97 @@ def _check_chat(record: dict, may_have_control: bool) -> tuple[list[str], int]:
             if key != "messages":
                 raise _LineError("unknown_key", f"unknown key '{key}' (a chat example has only 'messages')")
     messages = record["messages"]
+    last = _check_messages(messages, "messages", may_have_control, weights=True)
+    if last != "assistant":
+        raise _LineError("no_final_assistant", f"the last message is a {last} message; it must be from the assistant")
+    return [m["content"] for m in messages], len(messages)
+
+
+def _check_messages(messages: object, name: str, may_have_control: bool, weights: bool) -> str:
+    """The rules every conversation follows (``name`` is where it is, e.g. ``messages``); returns the last role."""
     if type(messages) is not list:
-        raise _LineError("wrong_type", f"'messages' must be a list, got {type(messages).__name__}")
+        raise _LineError("wrong_type", f"'{name}' must be a list, got {type(messages).__name__}")
     if not messages:
-        raise _LineError("empty_messages", "'messages' is empty")
+        raise _LineError("empty_messages", f"'{name}' is empty")
+    allowed = MESSAGE_KEYS if weights else MESSAGE_KEYS - {"weight"}
     previous = None
     for i, message in enumerate(messages):
         if type(message) is not dict:
-            raise _LineError("wrong_type", f"messages[{i}] must be an object, got {type(message).__name__}")
+            raise _LineError("wrong_type", f"{name}[{i}] must be an object, got {type(message).__name__}")
         if len(message) != 2 or "role" not in message or "content" not in message:
             for key in message:
-                if key not in MESSAGE_KEYS:
-                    raise _LineError("unknown_key", f"messages[{i}] has unknown key '{key}' (allowed: role, content, weight)")
+                if key not in allowed:
+                    raise _LineError("unknown_key", f"{name}[{i}] has unknown key '{key}' (allowed: {', '.join(sorted(allowed, key=_KEY_ORDER.index))})")
             for key in ("role", "content"):
                 if key not in message:
-                    raise _LineError("missing_key", f"messages[{i}] has no '{key}'")
+                    raise _LineError("missing_key", f"{name}[{i}] has no '{key}'")
         role = message["role"]
         if role not in ROLES:
-            raise _LineError("unknown_role", f"messages[{i}] has unknown role {_describe(role)} (allowed: {', '.join(ROLES)})")
+            raise _LineError("unknown_role", f"{name}[{i}] has unknown role {_describe(role)} (allowed: {', '.join(ROLES)})")
         content = message["content"]
         if type(content) is not str:
-            raise _LineError("content_not_string", f"messages[{i}].content must be a string, got {type(content).__name__}")
+            raise _LineError("content_not_string", f"{name}[{i}].content must be a string, got {type(content).__name__}")
         if not content or content.isspace():
-            raise _LineError("empty_content", f"messages[{i}] ({role}) has empty content")
+            raise _LineError("empty_content", f"{name}[{i}] ({role}) has empty content")
         if role == "system" and i > 0:
-            raise _LineError("system_not_first", f"messages[{i}] is a system message; only the first message may be one")
+            raise _LineError("system_not_first", f"{name}[{i}] is a system message; only the first message may be one")
         if role == previous:
-            raise _LineError("repeated_role", f"messages[{i - 1}] and messages[{i}] are both {role} messages; roles must alternate")
+            raise _LineError("repeated_role", f"{name}[{i - 1}] and {name}[{i}] are both {role} messages; roles must alternate")
         if "weight" in message:
             weight = message["weight"]
             if role != "assistant":
-                raise _LineError("bad_weight", f"messages[{i}] ({role}) has a weight; only assistant messages may have one")
+                raise _LineError("bad_weight", f"{name}[{i}] ({role}) has a weight; only assistant messages may have one")
             if type(weight) is not int or weight not in (0, 1):
-                raise _LineError("bad_weight", f"messages[{i}].weight must be the integer 0 or 1, got {_describe(weight)}")
+                raise _LineError("bad_weight", f"{name}[{i}].weight must be the integer 0 or 1, got {_describe(weight)}")
         if may_have_control:
-            _check_control(content, f"messages[{i}].content")
+            _check_control(content, f"{name}[{i}].content")
         previous = role
-    if previous != "assistant":
-        raise _LineError("no_final_assistant", f"the last message is a {previous} message; it must be from the assistant")
-    return [m["content"] for m in messages], len(messages)
+    return previous  # type: ignore[return-value]
+
+
+_KEY_ORDER = ("role", "content", "weight")
+PREFERENCE_KEYS = ("input", "preferred_output", "non_preferred_output")
+
+
+def _check_preference(record: dict, may_have_control: bool) -> tuple[list[str], int]:
+    """Together's preference shape: ``input.messages`` ending with a user turn, and two different one-message
+    assistant answers, ``preferred_output`` and ``non_preferred_output``."""
+    if len(record) != 3 or any(key not in record for key in PREFERENCE_KEYS):
+        for key in record:
+            if key not in PREFERENCE_KEYS:
+                raise _LineError("unknown_key", f"unknown key '{key}' (a preference example has only 'input', 'preferred_output' and 'non_preferred_output')")
+        for key in PREFERENCE_KEYS:
+            if key not in record:
+                raise _LineError("missing_key", f"no '{key}' key")
+    conversation = record["input"]
+    if type(conversation) is not dict:
+        raise _LineError("wrong_type", f"'input' must be an object with 'messages', got {type(conversation).__name__}")
+    for key in conversation:
+        if key != "messages":
+            raise _LineError("unknown_key", f"input has unknown key '{key}' (it has only 'messages')")
+    if "messages" not in conversation:
+        raise _LineError("missing_key", "input has no 'messages'")
+    messages = conversation["messages"]
+    last = _check_messages(messages, "input.messages", may_have_control, weights=False)
+    if last != "user":
+        raise _LineError("no_final_user", f"input.messages ends with {_article(last)} {last} message; the conversation must end with the user's turn")
+    answers = [_check_answer(record[key], key, may_have_control) for key in PREFERENCE_KEYS[1:]]
+    if answers[0] == answers[1]:
+        raise _LineError("identical_outputs", "preferred_output and non_preferred_output are the same answer; a pair must differ")
+    # Tokens are counted for the longer of the two sequences trained: the conversation and one answer.
+    return [m["content"] for m in messages] + [max(answers, key=len)], len(messages)
+
+
+def _check_answer(output: object, name: str, may_have_control: bool) -> str:
+    """One answer of a preference pair: a list of exactly one assistant message; returns its content."""
+    if type(output) is not list:
+        raise _LineError("wrong_type", f"'{name}' must be a list holding one assistant message, got {type(output).__name__}")
+    if len(output) != 1:
+        raise _LineError("bad_output", f"'{name}' must hold exactly one message, has {len(output)}")
+    _check_messages(output, name, may_have_control, weights=False)
+    if output[0]["role"] != "assistant":
+        raise _LineError("output_not_assistant", f"{name}[0] is a {output[0]['role']} message; an answer is the assistant's")
+    return output[0]["content"]
 
 
 def _check_instruction(record: dict, may_have_control: bool) -> tuple[list[str], int]:
@@ -402,6 +466,7 @@ _FORMAT_CHECKS: dict[str, Callable[[dict, bool], tuple[list[str], int]]] = {
     "chat": _check_chat,
     "instruction": _check_instruction,
     "text": _check_text,
+    "preference": _check_preference,
 }
 
 
@@ -585,7 +650,7 @@ def _article(word: str) -> str:
 
 
 def _known_keys() -> str:
-    return "'messages', 'prompt'/'completion' or 'text'"
+    return "'messages', 'prompt'/'completion', 'text' or 'preferred_output'/'non_preferred_output'"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ the best score over them, as the SQuAD evaluation does.
 | regex | 1 if ``pattern`` matches somewhere in the answer (``re.search``; case-insensitive unless ``caseSensitive``) |
 | semantic_similarity | cosine similarity of sentence embeddings, clipped to [0, 1] (thresholded when ``threshold`` is set) |
 | llm_judge | a judge model's ``SCORE: <n>`` for a rubric, mapped from [scoreMin, scoreMax] to [0, 1] (see ``judge.py``) |
+| pairwise | a judge model's verdict between the answer and the baseline's, asked in both orders: 1 win, 0.5 tie, 0 loss (see ``pairwise.py``) |
 
 ``normalize_answer``, ``f1_score`` and ``exact_match_score`` follow the official SQuAD v1.1 evaluation
 script exactly (including its quirk that two answers normalising to nothing match exactly with F1 0).
@@ -34,7 +35,8 @@ from finetune_trainer.evaluate.samples import EvalTurn
 if TYPE_CHECKING:
     from finetune_trainer.storage import ObjectStore
 
-GRADER_TYPES = ("exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge")
+GRADER_TYPES = ("exact_match", "f1", "contains", "regex", "semantic_similarity", "llm_judge", "pairwise")
+JUDGED_TYPES = ("llm_judge", "pairwise")
 THRESHOLDED_TYPES = ("f1", "semantic_similarity", "llm_judge")
 
 Score = float | SampleError
@@ -110,10 +112,13 @@ class GradeItem:
 
     turn: EvalTurn
     response: str
+    baseline: str | None = None
+    """The baseline model's answer to the same turn (for a pairwise grader; None when it has none)."""
 
 
 class Grader(Protocol):
     name: str
+    """A grader with ``pairwise = True`` compares each answer with the baseline's (``GradeItem.baseline``)."""
 
     def grade(self, items: Sequence[GradeItem]) -> list[Score]:
         """One score in [0, 1] or one ``SampleError`` per item, in order."""
@@ -201,10 +206,11 @@ def check_grader_specs(specs: Sequence[GraderSpec]) -> None:
                 raise BadInput("InvalidGrader", f"grader {spec.name!r}: threshold must be within [0, 1], got {spec.threshold}")
         if spec.type == "regex":
             compile_pattern(spec)
-        if spec.type == "llm_judge":
+        if spec.type in JUDGED_TYPES:
             judge = spec.judge
             if judge is None or not judge.endpoint or not judge.model:
-                raise BadInput("InvalidGrader", f"grader {spec.name!r}: llm_judge needs judge.endpoint and judge.model")
+                raise BadInput("InvalidGrader", f"grader {spec.name!r}: {spec.type} needs judge.endpoint and judge.model")
+        if spec.type == "llm_judge":
             if not spec.score_max > spec.score_min:
                 raise BadInput("InvalidGrader", f"grader {spec.name!r}: scoreMax ({spec.score_max}) must be greater than scoreMin ({spec.score_min})")
 
@@ -241,6 +247,10 @@ def build_graders(
             from finetune_trainer.evaluate.judge import LlmJudgeGrader
 
             graders.append(LlmJudgeGrader.from_spec(spec, concurrency=settings.concurrency, allow_private_urls=allow_private_urls))
+        elif spec.type == "pairwise":
+            from finetune_trainer.evaluate.pairwise import PairwiseGrader
+
+            graders.append(PairwiseGrader.from_spec(spec, concurrency=settings.concurrency, allow_private_urls=allow_private_urls))
         else:  # unreachable: the config model admits only GRADER_TYPES
             raise BadInput("UnknownGrader", f"grader {spec.name!r}: unknown type {spec.type!r}")
     return graders

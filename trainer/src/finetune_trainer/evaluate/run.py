@@ -108,6 +108,9 @@ def load_config(path: Path) -> EvaluateConfig:
 def check_config(config: EvaluateConfig) -> None:
     """Cross-field rules the model cannot express: unique names, a known baseline, a way to reach each model."""
     check_grader_specs(config.graders)
+    pairwise = [g.name for g in config.graders if g.type == "pairwise"]
+    if pairwise and config.baseline is None:
+        raise BadInput("InvalidGrader", f"grader {pairwise[0]!r} (pairwise) compares each model with the baseline: set baseline")
     names = [m.name for m in config.models]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -196,6 +199,10 @@ def _grade_safely(grader: Grader, items: Sequence[GradeItem]) -> list[float | Sa
     return scores
 
 
+Answers = dict[tuple[int, int], "str | SampleError"]
+"""A model's answer (or why it has none) to each turn, by (example, turn)."""
+
+
 def evaluate_model(
     model_name: str,
     generator,
@@ -204,14 +211,20 @@ def evaluate_model(
     book: ScoreBook,
     results,
     progress: ProgressReporter,
-) -> None:
-    """Answer, grade and record every turn for one model, a chunk at a time."""
+    baseline_answers: Answers | None = None,
+) -> Answers:
+    """Answer, grade and record every turn for one model, a chunk at a time; returns its answers. Pairwise
+    graders compare with ``baseline_answers`` and skip the baseline itself (``baseline_answers`` None)."""
+    given: Answers = {}
+    if baseline_answers is None:
+        graders = [g for g in graders if not getattr(g, "pairwise", False)]
     for start in range(0, len(turns), TURNS_PER_CHUNK):
         chunk = turns[start : start + TURNS_PER_CHUNK]
         answers = generator.generate(chunk)
+        given.update(((turn.example, turn.turn), answer) for turn, answer in zip(chunk, answers, strict=True))
         records = [_record(model_name, turn, answer) for turn, answer in zip(chunk, answers, strict=True)]
         answered = [i for i, answer in enumerate(answers) if not isinstance(answer, SampleError)]
-        items = [GradeItem(chunk[i], answers[i]) for i in answered]
+        items = [GradeItem(chunk[i], answers[i], _answer_or_none(baseline_answers, chunk[i])) for i in answered]
         for grader in graders:
             for i in range(len(chunk)):
                 if isinstance(answers[i], SampleError):
@@ -227,6 +240,12 @@ def evaluate_model(
         for record in records:
             results.write(json.dumps(record, ensure_ascii=False) + "\n")
         progress.advance(len(chunk))
+    return given
+
+
+def _answer_or_none(answers: Answers | None, turn: EvalTurn) -> str | None:
+    answer = (answers or {}).get((turn.example, turn.turn))
+    return None if answer is None or isinstance(answer, SampleError) else answer
 
 
 def run_evaluation(config: EvaluateConfig, store: ObjectStore, workdir: Path) -> EvaluationSummary:
@@ -249,14 +268,21 @@ def run_evaluation(config: EvaluateConfig, store: ObjectStore, workdir: Path) ->
 
     artifact = workdir / "artifact"
     artifact.mkdir(parents=True, exist_ok=True)
-    book = ScoreBook([m.name for m in config.models], [g.name for g in graders])
+    pairwise = [g.name for g in graders if getattr(g, "pairwise", False)]
+    book = ScoreBook([m.name for m in config.models], [g.name for g in graders], not_graded={(config.baseline, g) for g in pairwise})
+    # With a pairwise grader the baseline answers first: the others' answers are compared with its.
+    order = sorted(config.models, key=lambda m: m.name != config.baseline) if pairwise else config.models
+    baseline_answers: Answers | None = None
     with open(artifact / RESULTS_FILE, "w", encoding="utf-8") as results:
-        for model in config.models:
+        for model in order:
             generator = open_generator(model, config.generation, config.regrade, store, workdir / "models", config.allow_private_urls)
             try:
-                evaluate_model(model.name, generator, turns, graders, book, results, progress)
+                is_baseline = pairwise and model.name == config.baseline
+                given = evaluate_model(model.name, generator, turns, graders, book, results, progress, None if is_baseline else baseline_answers or {})
             finally:
                 generator.close()
+            if is_baseline:
+                baseline_answers = given
             log.info("model %s: %d turns answered and graded", model.name, len(turns))
 
     summary = book.summary(samples=len(turns), baseline=config.baseline, results_uri=join_uri(config.output_uri, RESULTS_FILE))

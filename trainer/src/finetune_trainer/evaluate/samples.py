@@ -8,6 +8,9 @@ The dataset is JSONL as the Dataset validator writes it, one example a line:
   assistant turns holding their *reference* answers, and its answer is graded against the turn's
   content.
 * instruction: ``{"prompt": "...", "completion": "..."}``: one graded turn, reference = completion.
+* preference: ``{"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}``: one
+  graded turn after the conversation, reference = the preferred answer (a pairwise grader needs none: it
+  compares each model's answer with the baseline's).
 
 Optional fields the evaluation reads (the validator keeps them; training ignores them):
 
@@ -89,10 +92,32 @@ def _check_references(value: object, line: int, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _preference_turn(example: dict, index: int, line: int) -> EvalTurn:
+    conversation = example.get("input")
+    messages = conversation.get("messages") if isinstance(conversation, dict) else None
+    if not isinstance(messages, list) or not messages:
+        raise _line_error(line, "input.messages must be a non-empty list")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+            raise _line_error(line, f"input.messages[{i}] needs a string role and a string content")
+    preferred = example.get("preferred_output")
+    if not isinstance(preferred, list) or len(preferred) != 1 or not isinstance(preferred[0], dict) or not isinstance(preferred[0].get("content"), str):
+        raise _line_error(line, "preferred_output must be a list of one message with a string content")
+    return EvalTurn(
+        example=index,
+        turn=0,
+        references=(preferred[0]["content"],),
+        messages=tuple({"role": m["role"], "content": m["content"]} for m in messages),
+        recorded=_check_response(example.get("response"), line, "example"),
+    )
+
+
 def turns_of_example(example: object, index: int, line: int) -> list[EvalTurn]:
     """The graded turns of one parsed JSONL example (``line`` is 1-based, for error messages)."""
     if not isinstance(example, dict):
         raise _line_error(line, "an example must be a JSON object")
+    if "preferred_output" in example:
+        return [_preference_turn(example, index, line)]
     if "messages" in example:
         messages = example["messages"]
         if not isinstance(messages, list) or not messages:
@@ -138,7 +163,7 @@ def turns_of_example(example: object, index: int, line: int) -> list[EvalTurn]:
         ]
     if "text" in example:
         return []
-    raise _line_error(line, "an example needs messages (chat) or prompt and completion (instruction)")
+    raise _line_error(line, "an example needs messages (chat), prompt and completion (instruction), or input and preferred_output (preference)")
 
 
 def parse_dataset(data: bytes, max_examples: int | None = None, regrade: bool = False) -> list[EvalTurn]:

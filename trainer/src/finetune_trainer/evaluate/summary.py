@@ -18,12 +18,13 @@ class ScoreTally:
 
 
 class ScoreBook:
-    """Collects every (model, grader) tally in config order."""
+    """Collects every (model, grader) tally in config order; ``not_graded`` pairs have none by design (the
+    baseline's row of a pairwise grader, which compares the others with it)."""
 
-    def __init__(self, models: Sequence[str], graders: Sequence[str]):
+    def __init__(self, models: Sequence[str], graders: Sequence[str], not_graded: set[tuple[str | None, str]] = frozenset()):
         self.models = list(models)
         self.graders = list(graders)
-        self.tallies = {(m, g): ScoreTally() for m in self.models for g in self.graders}
+        self.tallies = {(m, g): ScoreTally() for m in self.models for g in self.graders if (m, g) not in not_graded}
 
     def add_score(self, model: str, grader: str, value: float) -> None:
         self.tallies[(model, grader)].values.append(value)
@@ -46,12 +47,12 @@ class ScoreBook:
             )
         if baseline is not None:
             for (model, grader), record in records.items():
-                base = records[(baseline, grader)].mean
+                base = records[(baseline, grader)].mean if (baseline, grader) in records else None
                 if model != baseline and record.mean is not None and base is not None:
                     record.delta = record.mean - base
         notes = []
         for model in self.models:
-            failed = [g for g in self.graders if records[(model, g)].mean is None]
+            failed = [g for g in self.graders if (model, g) in records and records[(model, g)].mean is None]
             if failed:
                 notes.append(f"{model}: no successful sample for {', '.join(failed)}")
         return EvaluationSummary(

@@ -5,6 +5,8 @@ A checkpoint ``<outputUri>/checkpoints/step-N/`` holds:
 * ``adapter/`` (PEFT layout) for LoRA/QLoRA, or ``model/`` (safetensors + config) for full fine-tuning;
 * ``optimizer.pt`` and ``scheduler.pt`` (full, unsharded state dicts keyed by parameter name);
 * ``rng.pt``: the RNG states of every process (python, torch, CUDA);
+* ``reference.pt`` (objective dpo): the reference log-probabilities of every pair, which a resumed run
+  cannot compute again from weights that have moved on;
 * ``trainer_state.json``: step, epoch, micro-batch position in the epoch, the batch plan's shape;
 * ``manifest.json``, written last by ``ObjectStore.upload_artifact``: without it the checkpoint does not count.
 
@@ -33,6 +35,8 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.pt"
 RNG_FILE = "rng.pt"
+REFERENCE_FILE = "reference.pt"
+"""DPO: the reference log-probabilities of the training and validation pairs, computed before the first step."""
 ADAPTER_SUBDIR = "adapter"
 MODEL_SUBDIR = "model"
 
@@ -109,6 +113,17 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 def is_checkpoint_folder(folder: Path) -> bool:
     return (folder / TRAINER_STATE).exists()
+
+
+def check_continuation(folder: Path, method: str) -> None:
+    """fromCheckpoint: a LoRA or QLoRA job continues an adapter, a full job a full model; say so before loading."""
+    from finetune_trainer.train.errors import bad_input
+
+    adapter = (folder / "adapter_config.json").is_file()
+    if method == "full" and adapter:
+        raise bad_input("ImpossibleConfig", "fromCheckpoint holds a LoRA adapter; method full continues a full model (merge the adapter first)")
+    if method != "full" and not adapter:
+        raise bad_input("ImpossibleConfig", f"fromCheckpoint holds no LoRA adapter (adapter_config.json); method {method} continues an adapter")
 
 
 def weights_folder(folder: Path) -> Path:

@@ -152,6 +152,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def all_reduce_tensor(tensor: torch.Tensor) -> None:
+    """Sum a tensor over all processes in place (nothing when not distributed)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+
+
 def any_process(flag: bool, device: torch.device) -> bool:
     """True on every process when ``flag`` is true on any of them."""
     if not dist.is_initialized():

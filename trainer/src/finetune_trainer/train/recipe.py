@@ -5,6 +5,10 @@ One class, read top to bottom: ``setup`` (device, base model, data, model, optim
 (the output model, manifest last), and ``run`` that maps every failure to a typed reason and an exit
 code. Only the process of rank 0 writes to the object store.
 
+Two objectives share the loop: ``sft`` (``_optimizer_step``: the next-token loss over every label token)
+and ``dpo`` (``_preference_step``: the DPO loss over whole preference pairs, against reference
+log-probabilities computed once at set-up and kept in every checkpoint; see ``train/dpo.py``).
+
 Multi-process: LoRA and QLoRA use DDP; full fine-tuning on more than one process shards parameters,
 gradients and optimizer state with FSDP (``fully_shard`` per decoder layer), the model built on the meta
 device and filled from rank 0 (``sharded.py``). See ``distributed.py`` for how the processes are started.
@@ -158,6 +162,7 @@ class FineTuneRecipe:
 
         self.config = config
         self.hp = config.hyperparameters
+        self.dpo = config.objective == "dpo"
         self.env = env_from_os()
         self.store = ObjectStore(config.storage)
         self.reporter: Any = None
@@ -328,6 +333,7 @@ class FineTuneRecipe:
         elif config.from_checkpoint:
             self.reporter.event(f"Continuing from {config.from_checkpoint}", reason="FromCheckpoint")
             self.init_weights_folder = ckpt.weights_folder(self._fetch(config.from_checkpoint, "from-checkpoint"))
+            ckpt.check_continuation(self.init_weights_folder, config.method)
         if self.resume_folder is not None:
             self.init_weights_folder = ckpt.weights_folder(self.resume_folder)
 
@@ -336,6 +342,8 @@ class FineTuneRecipe:
 
         self._setup_data()
         self._setup_model()
+        if self.dpo:
+            self._setup_reference()
         self._setup_optimizer()
         if self.resume_folder is not None:
             self._load_training_state(self.resume_folder)
@@ -397,13 +405,19 @@ class FineTuneRecipe:
 
         config, hp, env = self.config, self.hp, self.env
         self.tokenizer = load_tokenizer(self.base_folder)
-        tokenize = ExampleTokenizer(self.tokenizer, hp.train_on_inputs, hp.max_seq_length, config.chat_template)
+        if self.dpo:
+            from finetune_trainer.data.preference import PairTokenizer, load_pairs
+
+            tokenize, load, unit = PairTokenizer(self.tokenizer, hp.max_seq_length, config.chat_template), load_pairs, "preference pairs"
+        else:
+            tokenize = ExampleTokenizer(self.tokenizer, hp.train_on_inputs, hp.max_seq_length, config.chat_template)
+            load, unit = load_examples, "examples"
         train_files = [(self._fetch_data_file(u, i, "train"), u) for i, u in enumerate(config.train_data)]
-        train, stats = load_examples(train_files, tokenize)
+        train, stats = load(train_files, tokenize)
         val: list = []
         if config.validation_data:
             val_files = [(self._fetch_data_file(u, i, "validation"), u) for i, u in enumerate(config.validation_data)]
-            val, _val_stats = load_examples(val_files, tokenize)
+            val, _val_stats = load(val_files, tokenize)
         elif config.validation_split > 0:
             train, val = split_validation(train, config.validation_split, hp.seed)
         if not train:
@@ -413,7 +427,7 @@ class FineTuneRecipe:
             )
         self.data_stats = stats
         self.reporter.event(
-            f"Loaded {len(train)} training and {len(val)} validation examples ({stats.tokens} tokens)", reason="DataLoaded"
+            f"Loaded {len(train)} training and {len(val)} validation {unit} ({stats.tokens} tokens)", reason="DataLoaded"
         )
         if stats.truncated:
             self.reporter.event(
@@ -423,7 +437,7 @@ class FineTuneRecipe:
             )
         if stats.dropped:
             self.reporter.event(
-                f"{stats.dropped} example(s) had no token to train on after truncation and were dropped",
+                f"{stats.dropped} {unit if self.dpo else 'example(s)'} had no token to train on after truncation and were dropped",
                 reason="ExamplesDropped",
                 warning=True,
             )
@@ -444,6 +458,8 @@ class FineTuneRecipe:
         import torch
 
         from finetune_trainer.data.loader import BatchPlan
+        from finetune_trainer.data.preference import PairBatchPlan
+        from finetune_trainer.train.dpo import SequenceLogProbs
         from finetune_trainer.train.loss import CausalLMLoss
         from finetune_trainer.train.methods import apply_lora, auto_batch_size, count_parameters, load_causal_lm
 
@@ -467,7 +483,7 @@ class FineTuneRecipe:
                     self.lm.to(self.device)
             if hp.gradient_checkpointing:
                 self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            self.module = CausalLMLoss(self.lm)
+            self.module = SequenceLogProbs(self.lm) if self.dpo else CausalLMLoss(self.lm)
         trainable, total = count_parameters(self.lm)
         log.info("model: %s parameters, %s trainable (%s)", f"{total:,}", f"{trainable:,}", config.method)
         if self.fsdp:
@@ -481,9 +497,12 @@ class FineTuneRecipe:
         else:
             self.model = self.module
         self.batch_size = hp.batch_size if hp.batch_size != "auto" else auto_batch_size(self._causal_lm(), config, self.plan)
-        self.train_plan = BatchPlan(self.train_examples, self.batch_size, **self._batch_plan_args)
+        if self.dpo and hp.batch_size == "auto":
+            self.batch_size = max(1, self.batch_size // 2)  # a row of pairs holds up to 2 x maxSeqLength tokens
+        plan_class = PairBatchPlan if self.dpo else BatchPlan
+        self.train_plan = plan_class(self.train_examples, self.batch_size, **self._batch_plan_args)
         self.val_plan = (
-            BatchPlan(self.val_examples, self.batch_size, shuffle=False, **self._batch_plan_args) if self.val_examples else None
+            plan_class(self.val_examples, self.batch_size, shuffle=False, **self._batch_plan_args) if self.val_examples else None
         )
         self.batches_per_epoch = self.train_plan.batches_per_epoch()
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / hp.gradient_accumulation_steps)
@@ -494,6 +513,53 @@ class FineTuneRecipe:
 
     def _causal_lm(self) -> Any:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+
+    def _setup_reference(self) -> None:
+        """DPO's reference log-probabilities: from the checkpoint a resumed run continues (the model has moved
+        on since), else computed now, from the model as the job starts (``train/dpo.py``)."""
+        import torch
+
+        from finetune_trainer.train.errors import TrainerFailure
+
+        if self.resume_folder is not None:
+            from finetune_trainer.train import checkpointing as ckpt
+
+            self.reference = torch.load(self.resume_folder / ckpt.REFERENCE_FILE, weights_only=True)
+            expected = {"train": len(self.train_examples), "validation": len(self.val_examples)}
+            if {k: len(v) for k, v in self.reference.items()} != expected:
+                raise TrainerFailure("ImpossibleConfig", "the checkpoint's reference log-probabilities are of other data than this job's")
+            return
+        self.reference = {"train": self._reference_log_probs(self.train_plan), "validation": self._reference_log_probs(self.val_plan)}
+        pairs = len(self.train_examples) + len(self.val_examples)
+        self.reporter.event(f"Reference log-probabilities of {pairs} preference pairs computed (the model as the job starts)", reason="ReferenceComputed")
+
+    def _reference_log_probs(self, plan: Any) -> Any:
+        """``[pairs, 2]`` log-probabilities (preferred, non-preferred) of every pair of ``plan`` under the model as
+        it is, without dropout, shared by every process (each computes a share; FSDP: the same number of forwards)."""
+        import torch
+
+        from finetune_trainer.train import distributed as dist_
+
+        if plan is None:
+            return torch.zeros(0, 2, dtype=torch.float32)
+        sums = torch.zeros(len(plan.examples), 2, dtype=torch.float64, device=self.device)
+        counts = torch.zeros(len(plan.examples), 1, dtype=torch.float64, device=self.device)
+        batches = plan.global_batches(0)
+        rounds = math.ceil(len(batches) / self.env.world_size)
+        self.model.eval()
+        with torch.no_grad(), self._autocast():
+            for r in range(rounds):
+                index = r * self.env.world_size + self.env.rank
+                batch = plan.collate(batches[index if index < len(batches) else 0]).to(self.device)
+                log_probs = self.model(batch.input_ids, batch.position_ids, batch.targets, batch.sequence_ids, 2 * batch.num_pairs)
+                if index < len(batches):
+                    pairs = torch.tensor(batch.pairs, device=self.device)
+                    sums.index_add_(0, pairs, log_probs.double().view(-1, 2))
+                    counts.index_add_(0, pairs, torch.ones(len(batch.pairs), 1, dtype=torch.float64, device=self.device))
+        self.model.train()
+        dist_.all_reduce_tensor(sums)
+        dist_.all_reduce_tensor(counts)
+        return (sums / counts.clamp(min=1)).float().cpu()
 
     def _setup_optimizer(self) -> None:
         import torch
@@ -582,16 +648,19 @@ class FineTuneRecipe:
                 if self.step >= self.total_steps:
                     break
                 collated = [self.train_plan.collate(b) for b in groups[group_index]]
-                local_labels = sum(b.num_label_tokens for b in collated)
+                local_units = sum(b.loss_units for b in collated)  # what the loss is a mean over: label tokens, or pairs
                 local_tokens = sum(b.num_tokens for b in collated)
                 local_padding = sum(b.num_padding for b in collated)
-                global_labels, global_tokens, global_padding = dist_.all_reduce_sum(
-                    [local_labels, local_tokens, local_padding], self.device
+                global_units, global_tokens, global_padding = dist_.all_reduce_sum(
+                    [local_units, local_tokens, local_padding], self.device
                 )
-                loss_sum = self._optimizer_step(collated, global_labels, autocast)
+                if self.dpo:
+                    sums = self._preference_step(collated, global_units, autocast)
+                else:
+                    sums = [self._optimizer_step(collated, global_units, autocast)]
                 self.step += 1
-                (total_loss,) = dist_.all_reduce_sum([loss_sum], self.device)
-                train_loss = total_loss / global_labels
+                totals = dist_.all_reduce_sum(sums, self.device)
+                train_loss = totals[0] / global_units
                 self.trained_tokens += int(global_tokens)
                 real += int(global_tokens)
                 padding += int(global_padding)
@@ -608,6 +677,7 @@ class FineTuneRecipe:
                     trained_tokens=self.trained_tokens,
                     padding_fraction=round(padding / max(1, padding + real), 6),
                     eta_seconds=round(sum(recent) / len(recent) * (self.total_steps - self.step), 1),
+                    **({"reward_accuracy": round(totals[1] / global_units, 6), "reward_margin": round(totals[2] / global_units, 6)} if self.dpo else {}),
                 )
                 self._after_step(train_loss, epoch, group_index, len(groups), eval_steps, checkpoint_steps)
                 step_started = time.monotonic()
@@ -641,6 +711,40 @@ class FineTuneRecipe:
                 scaled = token_loss * (self.env.world_size / global_labels)
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             loss_sum += token_loss.detach().double().cpu()
+        self._apply_gradients()
+        return float(loss_sum)
+
+    def _preference_step(self, collated: list[Any], global_pairs: int, autocast: Any) -> list[float]:
+        """Forward and backward over one accumulation group of preference pairs, then one optimizer step: the
+        gradient is of the mean DPO loss over every pair of the step on every process. Returns this process's
+        sums of the loss, of pairs ranked right (preferred reward above the other) and of reward margins."""
+        import torch
+
+        from finetune_trainer.train.dpo import preference_loss
+
+        sums = torch.zeros(3, dtype=torch.float64)
+        for i, batch in enumerate(collated):
+            reference = self.reference["train"][batch.pairs].flatten().to(self.device)
+            batch = batch.to(self.device)
+            last = i == len(collated) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            if self.fsdp:
+                self.model.set_requires_gradient_sync(last)
+            with sync:
+                with autocast:
+                    policy = self.model(batch.input_ids, batch.position_ids, batch.targets, batch.sequence_ids, 2 * batch.num_pairs)
+                losses, preferred, rejected = preference_loss(policy, reference, batch.answer_tokens, self.config.dpo)
+                scaled = losses.sum() * (self.env.world_size / global_pairs)  # DDP/FSDP average over processes
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            margins = (preferred - rejected).double()
+            sums += torch.stack([losses.detach().double().sum(), (margins > 0).double().sum(), margins.sum()]).cpu()
+        self._apply_gradients()
+        return sums.tolist()
+
+    def _apply_gradients(self) -> None:
+        """Unscale (fp16), clip, step the optimizer and the schedule, clear the gradients."""
+        import torch
+
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
         if self.hp.max_grad_norm > 0:
@@ -652,7 +756,6 @@ class FineTuneRecipe:
             self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(loss_sum)
 
     def _after_step(self, train_loss: float, epoch: int, group_index: int, groups: int, eval_steps: set[int], checkpoint_steps: set[int]) -> None:
         """What follows a step: stop on a diverged loss, hold (tests), evaluate, checkpoint, or stop when asked."""
@@ -702,6 +805,8 @@ class FineTuneRecipe:
 
         if self.val_plan is None:
             return None
+        if self.dpo:
+            return self._evaluate_preferences()
         self.reporter.phase("evaluating")
         self.model.eval()
         batches = self.val_plan.global_batches(0)[: math.ceil(len(self.val_plan.rows) / self.batch_size)]
@@ -721,6 +826,42 @@ class FineTuneRecipe:
         eval_loss = loss_sum / max(1.0, labels)
         self.reporter.update(eval_loss=round(eval_loss, 6))
         self.reporter.event(f"Validation loss {eval_loss:.3f} at step {self.step}", reason="Evaluated")
+        self.reporter.phase("training")
+        return eval_loss
+
+    def _evaluate_preferences(self) -> float:
+        """DPO loss, reward accuracy and reward margin over every validation pair, on all processes."""
+        import torch
+
+        from finetune_trainer.train import distributed as dist_
+        from finetune_trainer.train.dpo import preference_loss
+
+        self.reporter.phase("evaluating")
+        self.model.eval()
+        batches = self.val_plan.global_batches(0)[: math.ceil(len(self.val_plan.rows) / self.batch_size)]
+        rounds = math.ceil(len(batches) / self.env.world_size)
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss, ranked right, margin, pairs
+        with torch.no_grad(), self._autocast():
+            for r in range(rounds):
+                index = r * self.env.world_size + self.env.rank
+                real = index < len(batches)  # every process runs the same number of forwards (FSDP gathers)
+                batch = self.val_plan.collate(batches[index if real else 0])
+                reference = self.reference["validation"][batch.pairs].flatten().to(self.device)
+                batch = batch.to(self.device)
+                policy = self.model(batch.input_ids, batch.position_ids, batch.targets, batch.sequence_ids, 2 * batch.num_pairs)
+                losses, preferred, rejected = preference_loss(policy.float(), reference, batch.answer_tokens, self.config.dpo)
+                if real:
+                    margins = preferred - rejected
+                    sums = [a + float(b) for a, b in zip(sums, (losses.sum(), (margins > 0).sum(), margins.sum(), batch.num_pairs))]
+        loss, right, margin, pairs = dist_.all_reduce_sum(sums, self.device)
+        self.model.train()
+        pairs = max(1.0, pairs)
+        eval_loss, accuracy, mean_margin = loss / pairs, right / pairs, margin / pairs
+        self.reporter.update(eval_loss=round(eval_loss, 6), eval_reward_accuracy=round(accuracy, 6), eval_reward_margin=round(mean_margin, 6))
+        self.reporter.event(
+            f"Validation DPO loss {eval_loss:.3f}, reward accuracy {accuracy:.3f}, reward margin {mean_margin:.3f} at step {self.step}",
+            reason="Evaluated",
+        )
         self.reporter.phase("training")
         return eval_loss
 
@@ -786,6 +927,8 @@ class FineTuneRecipe:
             torch.save(optim_state, folder / ckpt.OPTIMIZER_FILE)
             torch.save(self.scheduler.state_dict(), folder / ckpt.SCHEDULER_FILE)
             torch.save(rng_states, folder / ckpt.RNG_FILE)
+            if self.dpo:
+                torch.save(self.reference, folder / ckpt.REFERENCE_FILE)
             if groups_done * self.hp.gradient_accumulation_steps >= self.batches_per_epoch:
                 epoch, groups_done = epoch + 1, 0
             ckpt.TrainerState(
@@ -831,6 +974,7 @@ class FineTuneRecipe:
             base_model=config.base_model,
             step=self.step,
             method=config.method,
+            objective=config.objective,
             output_model_name=config.output_model_name,
             world_size=self.env.world_size,
             train_loss=self.reporter.progress.train_loss,

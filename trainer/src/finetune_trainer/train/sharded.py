@@ -52,12 +52,13 @@ class CheckpointReader:
 
 
 def build_sharded_model(folder: Path, config: Any, plan: Any, rank: int) -> tuple[nn.Module, nn.Module]:
-    """(the causal LM, the ``CausalLMLoss`` around it), sharded with FSDP and loaded from ``folder``."""
+    """(the causal LM, the ``CausalLMLoss`` (dpo: ``SequenceLogProbs``) around it), sharded with FSDP and loaded from ``folder``."""
     from accelerate import init_empty_weights
     from torch.distributed.fsdp import fully_shard
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from finetune_trainer.train.errors import bad_input
+    from finetune_trainer.train.dpo import SequenceLogProbs
     from finetune_trainer.train.loss import CausalLMLoss
     from finetune_trainer.train.methods import attention_implementation
 
@@ -71,7 +72,7 @@ def build_sharded_model(folder: Path, config: Any, plan: Any, rank: int) -> tupl
     lm.config.use_cache = False
     if config.hyperparameters.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    module = CausalLMLoss(lm)
+    module = SequenceLogProbs(lm) if config.objective == "dpo" else CausalLMLoss(lm)
     layer_classes = set(getattr(lm, "_no_split_modules", None) or [])
     for sub in module.modules():
         if type(sub).__name__ in layer_classes:
