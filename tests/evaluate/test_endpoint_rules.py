@@ -202,3 +202,13 @@ def test_redirects_are_followed_at_most_max_redirects_times(servers):
     assert "redirect" in score.message.lower()
     # Each attempt (the first and the client's retries) stops after MAX_REDIRECTS redirects.
     assert len(a.requests) == (MAX_REDIRECTS + 1) * (MAX_RETRIES + 1)
+
+
+@pytest.mark.parametrize("endpoint", ["http://169.254.169.254/latest/v1", "http://10.0.0.7:8000/v1"])
+def test_a_pairwise_judge_is_held_to_the_same_rules(endpoint, key_file):
+    from finetune_trainer.evaluate.pairwise import PairwiseGrader
+
+    judge = EvalModel(name="judge", endpoint=endpoint, model="judge", api_key_file=key_file)
+    with pytest.raises(BadInput) as caught:
+        PairwiseGrader.from_spec(GraderSpec(name="win_rate", type="pairwise", judge=judge))
+    assert caught.value.reason == "EndpointRefused" and KEY not in str(caught.value)

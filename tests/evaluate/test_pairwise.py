@@ -28,7 +28,8 @@ def instruction_judge(body: dict) -> tuple[int, str]:
 
 
 def grader(url: str, concurrency: int = 3) -> PairwiseGrader:
-    return PairwiseGrader.from_spec(GraderSpec(name="win_rate", type="pairwise", judge=EvalModel(name="judge", endpoint=url, model="judge-1")), concurrency)
+    return PairwiseGrader.from_spec(GraderSpec(name="win_rate", type="pairwise", judge=EvalModel(name="judge", endpoint=url, model="judge-1")), concurrency,
+                                allow_private_urls=True)  # the judge is on loopback
 
 
 def turn(prompt: str) -> EvalTurn:
@@ -103,6 +104,7 @@ def test_an_evaluation_reports_the_win_rate_against_the_baseline_and_no_score_fo
             "baseline": "sft",
             "dataset": str(dataset),
             "regrade": True,
+            "allowPrivateUrls": True,  # the judge's URL is on loopback
             "graders": [{"name": "win_rate", "type": "pairwise", "judge": {"name": "judge", "endpoint": stub.url, "model": "judge-1"}},
                         {"name": "as_preferred", "type": "contains", "caseSensitive": True}],
             "outputUri": str(output),
