@@ -65,3 +65,15 @@ print(json.dumps(sorted(sys.modules)))
 def test_the_trainer_never_imports_the_operator_or_the_local_cluster():
     for path, names in imported_modules(REPO_ROOT / "trainer" / "src").items():
         assert not {n for n in names if n.split(".")[0] in ("finetune_operator", "finetune_local")}, path
+
+
+def test_each_reconcile_module_reads_in_one_sitting_and_no_operator_function_runs_over_80_lines():
+    source = REPO_ROOT / "operator" / "src" / "finetune_operator"
+    long_modules = [f"{p.name}: {n}" for p in sorted((source / "reconcile").glob("*.py")) if (n := len(p.read_text().splitlines())) > 300]
+    assert long_modules == [], "reconcile modules over 300 lines"
+    long_functions = []
+    for path in sorted(source.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > 80:
+                long_functions.append(f"{path.relative_to(source)}:{node.lineno} {node.name}")
+    assert long_functions == [], "operator functions over 80 lines"

@@ -21,7 +21,7 @@ from finetune_operator.manifests.trainer_job import DATASET_SHA_ANNOTATION, buil
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.inputs import trainer_inputs
 from finetune_operator.reconcile.conditions import Conditions, now, rfc3339
-from finetune_operator.reconcile.jobs import job_behind_its_pods, job_condition, job_failure, pod_waiting_problem, pods_running, pods_unscheduled
+from finetune_operator.reconcile.jobs import job_behind_its_pods, job_condition, job_failure, pod_waiting_problem, pods_running, pods_unscheduled, queue_status
 from finetune_trainer import contract
 
 INPUTS_RETRY_SECONDS = 15
@@ -143,11 +143,11 @@ def _create_job(r: Reconciliation, plan: FineTuneJobPlan, spec: FineTuneJobSpec,
         r.out["message"] = "Fine-tuning job suspended"
     elif inputs.queue:
         r.conditions.set(C.ADMITTED, False, Reason.WAITING_FOR_QUEUE, f"waiting for Kueue to admit the job in queue {inputs.queue}")
-        r.out["queue"], r.out["message"] = _queue_status(r.old, inputs.queue), f"Job queued in {inputs.queue}"
+        r.out["queue"], r.out["message"] = queue_status(r.old, inputs.queue), f"Job queued in {inputs.queue}"
     else:
         r.conditions.set(C.ADMITTED, True, Reason.ADMITTED, "no queue: admitted at once")
         r.conditions.set(C.RUNNING, False, Reason.POD_PENDING, "waiting for the trainer pod to be scheduled")
-        r.out["queue"], r.out["message"] = _queue_status(r.old, None), "Job queued"
+        r.out["queue"], r.out["message"] = queue_status(r.old, None), "Job queued"
     return r.finish(plan)
 
 
@@ -243,7 +243,7 @@ def _waiting_or_running(r: Reconciliation, plan: FineTuneJobPlan, observed: Obse
         queue = (job.get("metadata", {}).get("labels", {}) or {}).get("kueue.x-k8s.io/queue-name")
         r.conditions.set(C.ADMITTED, False, Reason.WAITING_FOR_QUEUE, f"waiting for Kueue to admit the job in queue {queue}" if queue else "the Job is suspended")
         r.conditions.set(C.RUNNING, False, Reason.POD_PENDING, "not admitted yet")
-        r.out["queue"] = _queue_status(r.old, queue)
+        r.out["queue"] = queue_status(r.old, queue)
         r.out["message"] = f"Job queued in {queue}" if queue else "Job queued"
         return r.finish(plan)
     r.conditions.set(C.ADMITTED, True, Reason.ADMITTED, "the Job may run")
@@ -273,16 +273,8 @@ def _waiting_or_running(r: Reconciliation, plan: FineTuneJobPlan, observed: Obse
     else:
         r.conditions.set(C.RUNNING, False, Reason.POD_PENDING, "the trainer pod is starting")
         r.out["message"] = "Trainer pod starting"
-    r.out["queue"] = _queue_status(r.old, None)
+    r.out["queue"] = queue_status(r.old, None)
     return r.finish(plan)
-
-
-def _queue_status(old: dict, queue: str | None) -> dict:
-    status = dict(old.get("queue") or {})
-    status.setdefault("queuedAt", rfc3339(now()))
-    if queue:
-        status["name"] = queue
-    return status
 
 
 TRANSITION_EVENTS = {

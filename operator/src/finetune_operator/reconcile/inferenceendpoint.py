@@ -23,14 +23,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune_operator import naming, tenancy
-from finetune_operator.api.inferenceendpoint import AdapterSpec, InferenceEndpointSpec, InferenceEndpointStatus, Reason
+from finetune_operator.api.inferenceendpoint import InferenceEndpointSpec, InferenceEndpointStatus, Reason
 from finetune_operator.api.inferenceendpoint import ConditionType as C
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.server import ServedAdapter, build_server_children, effective_runtime, served_model_name
 from finetune_operator.reconcile.common import Event, Plan, Reconciliation
 from finetune_operator.reconcile.conditions import Conditions
-from finetune_trainer import serving_checks
-from finetune_trainer.contract import VLLM_LORA_RANKS, LoraOptions
+from finetune_operator.reconcile.inputs import AdapterResolution, resolve_adapter
 
 DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH = naming.MAX_NAME_LENGTH - len(naming.SERVER_SUFFIX)
@@ -57,14 +56,6 @@ class InferenceEndpointPlan(Plan):
     """Children as they should be: created when missing, patched when they differ."""
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children that must go (an HPA once min == max)."""
-
-
-@dataclass
-class AdapterResolution:
-    spec: AdapterSpec
-    uri: str | None
-    reason: str | None = None
-    message: str | None = None
 
 
 def derive_phase(conditions: Conditions) -> str:
@@ -99,37 +90,6 @@ def operator_side_problems(name: str, spec: InferenceEndpointSpec, config: Opera
     if base_name in names:
         problems.append(f"spec.adapters: {base_name!r} is the base model's served name; give the adapter another name")
     return problems
-
-
-def resolve_adapter(
-    adapter: AdapterSpec, finetunejobs: dict[str, dict | None], namespace: str, config: OperatorConfig, max_lora_rank: int | None = None
-) -> AdapterResolution:
-    """An adapter's URI, or why it has none yet (a FineTuneJob's output is held to this namespace's storage too).
-
-    ``max_lora_rank`` (vllm): a FineTuneJob's adapter of a higher ``spec.lora.r`` is refused here, before any
-    pod fetches it; an adapter named by URI is checked by whatever fetches it."""
-    if adapter.uri:
-        return AdapterResolution(adapter, adapter.uri)
-    job_name = adapter.fine_tune_job or ""
-    job = finetunejobs.get(job_name)
-    if job is None:
-        return AdapterResolution(adapter, None, Reason.FINETUNEJOB_NOT_FOUND, f"FineTuneJob {job_name} does not exist in this namespace")
-    status = job.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    model = status.get("outputModel") or {}
-    if phase != "Completed" or not model.get("uri"):
-        return AdapterResolution(adapter, None, Reason.FINETUNEJOB_NOT_COMPLETED, f"FineTuneJob {job_name} is {phase}; its adapter is served once it is Completed")
-    if model.get("adapter") is False:
-        return AdapterResolution(adapter, None, Reason.NOT_AN_ADAPTER, f"FineTuneJob {job_name} trained a full model, not a LoRA adapter; serve it as a baseModel instead")
-    outside = tenancy.check_read(model["uri"], f"FineTuneJob {job_name} status.outputModel.uri", namespace, config)
-    if outside:
-        return AdapterResolution(adapter, None, Reason.ADAPTER_LOAD_FAILED, outside)
-    rank = ((job.get("spec") or {}).get("lora") or {}).get("r", LoraOptions.model_fields["r"].default)
-    if max_lora_rank is not None and isinstance(rank, int):
-        too_high = serving_checks.adapter_problem(f"FineTuneJob {job_name}'s adapter", {"r": rank}, max_lora_rank, VLLM_LORA_RANKS)
-        if too_high:
-            return AdapterResolution(adapter, None, Reason.ADAPTER_LOAD_FAILED, f"AdapterRankTooHigh: {too_high}")
-    return AdapterResolution(adapter, model["uri"])
 
 
 def _server_view(name: str, uri: str, reports: list[list[dict]]) -> tuple[bool, str | None, str | None]:

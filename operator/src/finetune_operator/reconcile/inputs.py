@@ -4,14 +4,20 @@ returns what it found, or the (reason, message) that keeps the caller waiting.""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from finetune_operator import naming, tenancy
 from finetune_operator.api.common import SecretKeyRef
 from finetune_operator.api.evaluation import EvaluationSpec
 from finetune_operator.api.evaluation import Reason as EvaluationReason
 from finetune_operator.api.finetunejob import FineTuneJobSpec, Reason
+from finetune_operator.api.inferenceendpoint import AdapterSpec
+from finetune_operator.api.inferenceendpoint import Reason as EndpointReason
 from finetune_operator.config import OperatorConfig
 from finetune_operator.manifests.evaluation_job import ResolvedModel
 from finetune_operator.manifests.trainer_job import TrainerInputs
+from finetune_trainer import serving_checks
+from finetune_trainer.contract import VLLM_LORA_RANKS, LoraOptions
 
 DEFAULT_API_KEY = "apiKey"
 DEFAULT_HF_TOKEN_KEY = "token"
@@ -212,3 +218,42 @@ def finetunejob_model(row: str, job_name_: str, job: dict | None) -> tuple[Resol
             resolved.hf_token = SecretKeyRef(name=ref["name"], key=ref.get("key") or DEFAULT_HF_TOKEN_KEY)
         return resolved, None
     return ResolvedModel(name=row, model_uri=output["uri"]), None
+
+
+@dataclass
+class AdapterResolution:
+    spec: AdapterSpec
+    uri: str | None
+    reason: str | None = None
+    message: str | None = None
+
+
+def resolve_adapter(
+    adapter: AdapterSpec, finetunejobs: dict[str, dict | None], namespace: str, config: OperatorConfig, max_lora_rank: int | None = None
+) -> AdapterResolution:
+    """An adapter's URI, or why it has none yet (a FineTuneJob's output is held to this namespace's storage too).
+
+    ``max_lora_rank`` (vllm): a FineTuneJob's adapter of a higher ``spec.lora.r`` is refused here, before any
+    pod fetches it; an adapter named by URI is checked by whatever fetches it."""
+    if adapter.uri:
+        return AdapterResolution(adapter, adapter.uri)
+    job_name = adapter.fine_tune_job or ""
+    job = finetunejobs.get(job_name)
+    if job is None:
+        return AdapterResolution(adapter, None, EndpointReason.FINETUNEJOB_NOT_FOUND, f"FineTuneJob {job_name} does not exist in this namespace")
+    status = job.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    model = status.get("outputModel") or {}
+    if phase != "Completed" or not model.get("uri"):
+        return AdapterResolution(adapter, None, EndpointReason.FINETUNEJOB_NOT_COMPLETED, f"FineTuneJob {job_name} is {phase}; its adapter is served once it is Completed")
+    if model.get("adapter") is False:
+        return AdapterResolution(adapter, None, EndpointReason.NOT_AN_ADAPTER, f"FineTuneJob {job_name} trained a full model, not a LoRA adapter; serve it as a baseModel instead")
+    outside = tenancy.check_read(model["uri"], f"FineTuneJob {job_name} status.outputModel.uri", namespace, config)
+    if outside:
+        return AdapterResolution(adapter, None, EndpointReason.ADAPTER_LOAD_FAILED, outside)
+    rank = ((job.get("spec") or {}).get("lora") or {}).get("r", LoraOptions.model_fields["r"].default)
+    if max_lora_rank is not None and isinstance(rank, int):
+        too_high = serving_checks.adapter_problem(f"FineTuneJob {job_name}'s adapter", {"r": rank}, max_lora_rank, VLLM_LORA_RANKS)
+        if too_high:
+            return AdapterResolution(adapter, None, EndpointReason.ADAPTER_LOAD_FAILED, f"AdapterRankTooHigh: {too_high}")
+    return AdapterResolution(adapter, model["uri"])

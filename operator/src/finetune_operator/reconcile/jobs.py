@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 
+from finetune_operator.reconcile.conditions import now, rfc3339
 from finetune_trainer import contract
 
 
@@ -178,3 +179,12 @@ def slow_start(what: str, pods: list[dict], mounted: list[str], after_seconds: f
                 "kubectl describe pod shows FailedMount events)"
             )
     return None
+
+
+def queue_status(old: dict, queue: str | None) -> dict:
+    """A waiting job's ``status.queue``: when it was first queued (kept across reconciles) and in which queue."""
+    status = dict(old.get("queue") or {})
+    status.setdefault("queuedAt", rfc3339(now()))
+    if queue:
+        status["name"] = queue
+    return status
