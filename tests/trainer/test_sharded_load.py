@@ -43,7 +43,7 @@ if sys.argv[2] == "compare":
         result["max_difference"] = max(float((state["lm." + k].float() - v).abs().max()) for k, v in reference.items())
         result["rope_ok"] = all(torch.isfinite(b).all().item() for b in module.buffers())
 print(json.dumps(result))
-distributed.destroy_process_group()
+distributed.destroy_process_group(together=True)
 """
 
 

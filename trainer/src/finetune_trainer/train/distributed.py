@@ -138,8 +138,13 @@ def is_collective_failure(error: BaseException) -> bool:
     )
 
 
-def destroy_process_group() -> None:
+def destroy_process_group(together: bool = False) -> None:
+    """``together`` (every process reached the same end, a finished run): a barrier first, so that rank 0, which
+    hosts the rendezvous store, does not tear down and exit while another process still does (that process
+    then aborts: "terminate called without an active exception", exit -6, a finished run reported failed)."""
     if dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -1058,7 +1058,7 @@ class FineTuneRecipe:
         if self.reporter is not None:
             self.reporter.close()
         if not self.peer_lost:
-            dist_.destroy_process_group()
+            dist_.destroy_process_group(together=self.succeeded)
         if self.own_work_dir and self.env.local_rank == 0:
             # Staging folders go always; downloads (base model, data, checkpoint) stay for a retry, until done.
             for sub in ("output", "checkpoints") if not self.succeeded else ("",):
