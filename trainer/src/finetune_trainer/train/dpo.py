@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from finetune_trainer.contract import DpoOptions
 from finetune_trainer.data.masking import IGNORE_INDEX
+from finetune_trainer.train.loss import CausalLMLoss
 
 
-class SequenceLogProbs(nn.Module):
+class SequenceLogProbs(CausalLMLoss):
     """Wraps a causal LM (plain or PEFT) so that ``forward`` returns the summed log-probability of each
     sequence's labelled tokens (``[num_sequences]``, float32).
 
@@ -32,26 +32,11 @@ class SequenceLogProbs(nn.Module):
     conversation's or on padding. This is the module DDP and FSDP wrap.
     """
 
-    def __init__(self, lm: nn.Module):
-        super().__init__()
-        self.lm = lm
-        cfg = self.causal_lm.config
-        self.plain_head = not (getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None))
-
-    @property
-    def causal_lm(self) -> nn.Module:
-        return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
-
     def forward(
         self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor, sequence_ids: torch.Tensor, num_sequences: int
     ) -> torch.Tensor:
-        causal_lm = self.causal_lm
         keep = targets != IGNORE_INDEX
-        if self.plain_head:
-            hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-            logits = causal_lm.get_output_embeddings()(hidden.last_hidden_state[keep])
-        else:
-            logits = causal_lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[keep]
+        logits = self.labelled_logits(input_ids, position_ids, keep)
         token_log_probs = -F.cross_entropy(logits.float(), targets[keep], reduction="none")
         sums = torch.zeros(num_sequences, dtype=torch.float32, device=token_log_probs.device)
         return sums.index_add(0, sequence_ids[keep], token_log_probs)

@@ -28,12 +28,15 @@ class CausalLMLoss(nn.Module):
     def causal_lm(self) -> nn.Module:
         return self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def labelled_logits(self, input_ids: torch.Tensor, position_ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The logits at the positions ``keep`` marks (``[kept, vocab]``), the head run on those alone."""
         causal_lm = self.causal_lm
-        keep = targets != IGNORE_INDEX
         if self.plain_head:
             hidden = causal_lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-            logits = causal_lm.get_output_embeddings()(hidden.last_hidden_state[keep])
-        else:
-            logits = causal_lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[keep]
+            return causal_lm.get_output_embeddings()(hidden.last_hidden_state[keep])
+        return causal_lm(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits[keep]
+
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        keep = targets != IGNORE_INDEX
+        logits = self.labelled_logits(input_ids, position_ids, keep)
         return F.cross_entropy(logits.float(), targets[keep], reduction="sum")

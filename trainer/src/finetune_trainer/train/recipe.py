@@ -692,6 +692,13 @@ class FineTuneRecipe:
             reason="TrainingCompleted",
         )
 
+    def _gradient_sync(self, last: bool) -> Any:
+        """The context a micro-batch's backward runs in: DDP and FSDP reduce gradients across processes on the
+        last micro-batch of an accumulation group only."""
+        if self.fsdp:
+            self.model.set_requires_gradient_sync(last)
+        return contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+
     def _optimizer_step(self, collated: list[Any], global_labels: int, autocast: Any) -> float:
         """Forward and backward over one accumulation group, then one optimizer step: the gradient is of the
         mean loss over every label token of the step on every process. Returns this process's summed loss."""
@@ -700,11 +707,7 @@ class FineTuneRecipe:
         loss_sum = torch.zeros((), dtype=torch.float64)
         for i, batch in enumerate(collated):
             batch = batch.to(self.device)
-            last = i == len(collated) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(last)
-            with sync:
+            with self._gradient_sync(last=i == len(collated) - 1):
                 with autocast:
                     token_loss = self.model(batch.input_ids, batch.position_ids, batch.targets)
                 # DDP/FSDP average over processes, hence the world size.
@@ -726,11 +729,7 @@ class FineTuneRecipe:
         for i, batch in enumerate(collated):
             reference = self.reference["train"][batch.pairs].flatten().to(self.device)
             batch = batch.to(self.device)
-            last = i == len(collated) - 1
-            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
-            if self.fsdp:
-                self.model.set_requires_gradient_sync(last)
-            with sync:
+            with self._gradient_sync(last=i == len(collated) - 1):
                 with autocast:
                     policy = self.model(batch.input_ids, batch.position_ids, batch.targets, batch.sequence_ids, 2 * batch.num_pairs)
                 losses, preferred, rejected = preference_loss(policy, reference, batch.answer_tokens, self.config.dpo)
