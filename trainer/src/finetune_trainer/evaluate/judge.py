@@ -36,14 +36,23 @@ SYSTEM_PROMPT = (
 USER_PROMPT = "Question:\n{question}\n\nReference answer:\n{reference}\n\nAnswer to grade:\n{response}"
 
 
-def parse_judge_score(reply: str | None, score_min: float, score_max: float) -> Score:
-    """The normalised score of a judge's reply, or the SampleError that says why there is none."""
+def last_line_match(reply: str | None, pattern: re.Pattern[str], shape: str) -> re.Match[str] | SampleError:
+    """The judge's verdict line: its reply's last non-empty line matched whole by ``pattern``, or the
+    SampleError (JudgeUnparseable) that names the ``shape`` it should have had."""
     lines = [line.strip() for line in (reply or "").splitlines() if line.strip()]
     if not lines:
         return SampleError("JudgeUnparseable", "the judge's reply is empty")
-    match = SCORE_LINE.fullmatch(lines[-1])
+    match = pattern.fullmatch(lines[-1])
     if match is None:
-        return SampleError("JudgeUnparseable", f"the judge's last line is not 'SCORE: <n>': {lines[-1][:120]!r}")
+        return SampleError("JudgeUnparseable", f"the judge's last line is not '{shape}': {lines[-1][:120]!r}")
+    return match
+
+
+def parse_judge_score(reply: str | None, score_min: float, score_max: float) -> Score:
+    """The normalised score of a judge's reply, or the SampleError that says why there is none."""
+    match = last_line_match(reply, SCORE_LINE, "SCORE: <n>")
+    if isinstance(match, SampleError):
+        return match
     value = float(match.group(1))
     if not score_min <= value <= score_max:
         return SampleError("JudgeOutOfRange", f"the judge's score {value:g} is outside [{score_min:g}, {score_max:g}]")

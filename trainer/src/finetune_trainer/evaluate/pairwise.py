@@ -24,7 +24,7 @@ from finetune_trainer.contract import EvalModel, GraderSpec
 from finetune_trainer.evaluate.endpoints import openai_client, request_error
 from finetune_trainer.evaluate.errors import SampleError
 from finetune_trainer.evaluate.graders import GradeItem, Score
-from finetune_trainer.evaluate.judge import judge_question
+from finetune_trainer.evaluate.judge import judge_question, last_line_match
 
 VERDICT_LINE = re.compile(r"VERDICT:\s*(A|B|TIE)")
 
@@ -42,13 +42,8 @@ USER_PROMPT = "Conversation:\n{question}\n\nAnswer A:\n{a}\n\nAnswer B:\n{b}"
 
 def parse_verdict(reply: str | None) -> str | SampleError:
     """``A``, ``B`` or ``TIE`` from a judge's reply, or the SampleError that says why there is none."""
-    lines = [line.strip() for line in (reply or "").splitlines() if line.strip()]
-    if not lines:
-        return SampleError("JudgeUnparseable", "the judge's reply is empty")
-    match = VERDICT_LINE.fullmatch(lines[-1])
-    if match is None:
-        return SampleError("JudgeUnparseable", f"the judge's last line is not 'VERDICT: A|B|TIE': {lines[-1][:120]!r}")
-    return match.group(1)
+    match = last_line_match(reply, VERDICT_LINE, "VERDICT: A|B|TIE")
+    return match if isinstance(match, SampleError) else match.group(1)
 
 
 def win_score(first: str, second: str) -> float:
