@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 EXIT_OK = 0
 """Done; for ``jobs watch``, the job Completed."""
@@ -113,3 +114,23 @@ def add_storage_arguments(parser: argparse.ArgumentParser) -> None:
         help="object store keys: an AWS credentials file or a folder with accessKey and secretKey (default: "
         "$AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY, else the namespace's storage Secret)",
     )
+
+
+def list_subcommand(group: str, help: str, plural: str, columns: Sequence[Any], nothing: str) -> Subcommand:
+    """``finetune GROUP list``: the objects of ``plural`` in the namespace (or all, ``-A``) as a table, wide,
+    json or yaml; ``nothing`` names them in the line printed when there are none."""
+
+    def arguments(parser: argparse.ArgumentParser) -> None:
+        add_kube_arguments(parser, all_namespaces=True)
+        add_output_argument(parser)
+
+    def run(args: argparse.Namespace) -> int:
+        from finetune_operator.cli.kube import Kube  # it imports this module
+        from finetune_operator.cli.output import print_objects
+
+        with Kube.from_args(args) as kube:
+            items = kube.list(plural, all_namespaces=args.all_namespaces)
+            print_objects(items, columns, args.output, args.all_namespaces, f"No {nothing} found in namespace {kube.namespace}.")
+        return EXIT_OK
+
+    return Subcommand(group, "list", help, arguments, run, aliases=["ls"])

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_operator.cli.base import (
+    list_subcommand,
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_OK,
@@ -28,7 +29,7 @@ from finetune_operator.cli.base import (
     add_storage_arguments,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
-from finetune_operator.cli.output import Column, age, dump, print_fields, print_objects
+from finetune_operator.cli.output import Column, age, dump, print_fields
 from finetune_operator.cli.output import size as _size
 
 if TYPE_CHECKING:
@@ -395,18 +396,6 @@ def status_report(dataset: dict[str, Any]) -> DatasetCheckReport | None:
     return DatasetCheckReport.model_validate({k: v for k, v in data.items() if v is not None})
 
 
-def _list_arguments(parser: argparse.ArgumentParser) -> None:
-    add_kube_arguments(parser, all_namespaces=True)
-    add_output_argument(parser)
-
-
-def datasets_list(args: argparse.Namespace) -> int:
-    with Kube.from_args(args) as kube:
-        items = kube.list(PLURAL, all_namespaces=args.all_namespaces)
-        print_objects(items, COLUMNS, args.output, args.all_namespaces, f"No datasets found in namespace {kube.namespace}.")
-    return EXIT_OK
-
-
 def _get_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="the Dataset")
     add_kube_arguments(parser)
@@ -478,7 +467,7 @@ def datasets_delete(args: argparse.Namespace) -> int:
 COMMANDS = [
     Subcommand("datasets", "check", "check a JSONL or Parquet file the way the cluster will", _dataset_check_arguments, dataset_check),
     Subcommand("datasets", "create", "check, upload and create (or update) a Dataset", _dataset_create_arguments, dataset_create),
-    Subcommand("datasets", "list", "list Datasets", _list_arguments, datasets_list, aliases=["ls"]),
+    list_subcommand("datasets", "list Datasets", PLURAL, COLUMNS, "datasets"),
     Subcommand("datasets", "get", "show a Dataset and its check report", _get_arguments, datasets_get),
     Subcommand("datasets", "download", "download a Dataset's normalised files (sha256 verified)", _download_arguments, datasets_download),
     Subcommand("datasets", "delete", "delete a Dataset", _delete_arguments, datasets_delete),

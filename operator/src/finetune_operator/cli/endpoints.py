@@ -6,9 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from finetune_operator.cli.base import EXIT_OK, EXIT_USAGE, CliError, Subcommand, add_kube_arguments, add_output_argument
+from finetune_operator.cli.base import list_subcommand, EXIT_OK, EXIT_USAGE, CliError, Subcommand, add_kube_arguments, add_output_argument
 from finetune_operator.cli.kube import Kube, namespace_of
-from finetune_operator.cli.output import Column, age, dump, print_fields, print_objects, table
+from finetune_operator.cli.output import Column, age, dump, print_fields, table
 
 PLURAL = "inferenceendpoints"
 
@@ -27,18 +27,6 @@ COLUMNS = [
     Column("URL", lambda o: _status(o).get("url"), wide=True),
     Column("AGE", age),
 ]
-
-
-def _list_arguments(parser: argparse.ArgumentParser) -> None:
-    add_kube_arguments(parser, all_namespaces=True)
-    add_output_argument(parser)
-
-
-def endpoints_list(args: argparse.Namespace) -> int:
-    with Kube.from_args(args) as kube:
-        items = kube.list(PLURAL, all_namespaces=args.all_namespaces)
-        print_objects(items, COLUMNS, args.output, args.all_namespaces, f"No inference endpoints found in namespace {kube.namespace}.")
-    return EXIT_OK
 
 
 def _get_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +137,7 @@ def endpoints_delete(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Subcommand("endpoints", "create", "create an InferenceEndpoint (--dry-run prints it)", _create_arguments, endpoints_create),
-    Subcommand("endpoints", "list", "list InferenceEndpoints", _list_arguments, endpoints_list, aliases=["ls"]),
+    list_subcommand("endpoints", "list InferenceEndpoints", PLURAL, COLUMNS, "inference endpoints"),
     Subcommand("endpoints", "get", "show an InferenceEndpoint: models, replicas, adapters", _get_arguments, endpoints_get),
     Subcommand("endpoints", "delete", "delete an InferenceEndpoint", _delete_arguments, endpoints_delete),
 ]

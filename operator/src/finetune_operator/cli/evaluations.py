@@ -13,6 +13,7 @@ import textwrap
 from typing import Any
 
 from finetune_operator.cli.base import (
+    list_subcommand,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -23,7 +24,7 @@ from finetune_operator.cli.base import (
     add_storage_arguments,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
-from finetune_operator.cli.output import Column, age, dump, print_objects
+from finetune_operator.cli.output import Column, age, dump
 
 PLURAL = "evaluations"
 GRADER_TYPES = ("exact_match", "f1", "contains", "semantic_similarity")
@@ -113,18 +114,6 @@ COLUMNS = [
     Column("SAMPLES", lambda o: (o.get("status") or {}).get("samples"), wide=True),
     Column("AGE", age),
 ]
-
-
-def _list_arguments(parser: argparse.ArgumentParser) -> None:
-    add_kube_arguments(parser, all_namespaces=True)
-    add_output_argument(parser)
-
-
-def evaluations_list(args: argparse.Namespace) -> int:
-    with Kube.from_args(args) as kube:
-        items = kube.list(PLURAL, all_namespaces=args.all_namespaces)
-        print_objects(items, COLUMNS, args.output, args.all_namespaces, f"No evaluations found in namespace {kube.namespace}.")
-    return EXIT_OK
 
 
 def _show_arguments(parser: argparse.ArgumentParser) -> None:
@@ -248,7 +237,7 @@ def evaluations_delete(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Subcommand("evaluations", "create", "create an Evaluation of models on a Dataset", _create_arguments, evaluations_create),
-    Subcommand("evaluations", "list", "list Evaluations", _list_arguments, evaluations_list, aliases=["ls"]),
+    list_subcommand("evaluations", "list Evaluations", PLURAL, COLUMNS, "evaluations"),
     Subcommand(
         "evaluations", "show", "an Evaluation's score table (exit 1 when it Failed); --samples N: answers side by side",
         _show_arguments, evaluation_show, aliases=["get"],

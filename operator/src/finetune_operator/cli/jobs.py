@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator.cli.base import (
+    list_subcommand,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_NOT_READY,
@@ -27,7 +28,7 @@ from finetune_operator.cli.base import (
     add_storage_arguments,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
-from finetune_operator.cli.output import Column, age, duration, dump, print_fields, print_objects, size, sparkline, table
+from finetune_operator.cli.output import Column, age, duration, dump, print_fields, size, sparkline, table
 
 PLURAL = "finetunejobs"
 TERMINAL = ("Completed", "Failed", "Cancelled")
@@ -58,18 +59,6 @@ COLUMNS = [
     Column("ETA", lambda o: duration(_progress(o).get("etaSeconds")) if _phase(o) == "Running" else None, wide=True),
     Column("AGE", age),
 ]
-
-
-def _list_arguments(parser: argparse.ArgumentParser) -> None:
-    add_kube_arguments(parser, all_namespaces=True)
-    add_output_argument(parser)
-
-
-def jobs_list(args: argparse.Namespace) -> int:
-    with Kube.from_args(args) as kube:
-        items = kube.list(PLURAL, all_namespaces=args.all_namespaces)
-        print_objects(items, COLUMNS, args.output, args.all_namespaces, f"No fine-tuning jobs found in namespace {kube.namespace}.")
-    return EXIT_OK
 
 
 def _name_arguments(parser: argparse.ArgumentParser, output: bool = False, storage: bool = False) -> None:
@@ -463,7 +452,7 @@ def jobs_delete(args: argparse.Namespace) -> int:
 
 COMMANDS = [
     Subcommand("jobs", "create", "create a FineTuneJob (--dry-run prints it)", _create_arguments, jobs_create),
-    Subcommand("jobs", "list", "list FineTuneJobs", _list_arguments, jobs_list, aliases=["ls"]),
+    list_subcommand("jobs", "list FineTuneJobs", PLURAL, COLUMNS, "fine-tuning jobs"),
     Subcommand("jobs", "get", "show a FineTuneJob", lambda p: _name_arguments(p, output=True), jobs_get, aliases=["retrieve"]),
     Subcommand("jobs", "events", "the trainer's event log and the Kubernetes Events, oldest first", lambda p: _name_arguments(p, True, True), jobs_events),
     Subcommand("jobs", "watch", "follow a job until it ends (exit 0 Completed, 1 Failed or Cancelled)", _watch_arguments, jobs_watch),
