@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_trainer import machine  # noqa: E402
+from bench_trainer import best_round, machine, run_trainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 LR = 5e-3
@@ -109,18 +108,7 @@ def run_ours(work: Path, files: dict, epochs: int, rows_per_step: int) -> dict:
             "seed": SEED,
         },
     }
-    shutil.rmtree(out, ignore_errors=True)
-    (work / "ours-config.json").write_text(json.dumps(config))
-    env = {**os.environ, "FINETUNE_WORK_DIR": str(work / "ours-scratch"), "FINETUNE_TERMINATION_LOG": str(work / "ours-termination")}
-    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(work / "ours-config.json")]
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "w"))
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"this trainer failed; see {work / 'ours.log'}")
-    progress = json.loads((out / "progress.json").read_text())
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    wall, usage, progress, events = run_trainer(work, config)
     when = {e["reason"]: datetime.fromisoformat(e["time"]) for e in events}
     loop_seconds = (when["TrainingCompleted"] - when["TrainingStarted"]).total_seconds()
     # The reference pass is DPO work (TRL does it inside its steps): from the model's set-up line to its event.
@@ -251,16 +239,8 @@ def common_figures(files: dict, adapters: dict[str, str], n_train: int = 120) ->
 # ----------------------------------------------------------------------------------------------
 
 
-def best_round(results: list[dict]) -> dict:
-    """The round with the shortest training time (the least disturbed by other work on the machine);
-    peak RSS is the largest of all rounds."""
-    best = dict(min(results, key=lambda r: r["train_seconds"]))
-    best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in results)
-    return best
-
-
 def report(runs: dict[str, list[dict]], n_pairs: int, epochs: int, common: dict) -> dict:
-    ours, trl = best_round(runs["ours"]), best_round(runs["trl"])
+    ours, trl = best_round(runs["ours"], "peak_rss_mb"), best_round(runs["trl"], "peak_rss_mb")
     for name, side in (("ours", ours), ("trl", trl)):
         rates = ", ".join(f"{n_pairs * epochs / r['train_seconds']:.1f}" for r in runs[name])
         print(f"{'this trainer' if name == 'ours' else 'TRL'}: pairs/s per round: {rates}")

@@ -37,6 +37,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = (
@@ -101,6 +102,27 @@ def token_lengths(model: str, path: str) -> list[int]:
 # The two sides (each runs in its own process)
 
 
+def run_trainer(work: Path, config: dict) -> tuple[float, Any, dict, list[dict]]:
+    """This project's trainer on ``config`` in a process of its own (its log in ``work/ours.log``): the wall
+    seconds, the process's resource usage (peak RSS), its progress.json and its events.jsonl."""
+    import shutil
+
+    out = Path(config["outputUri"])
+    shutil.rmtree(out, ignore_errors=True)
+    (work / "ours-config.json").write_text(json.dumps(config))
+    env = {**os.environ, "FINETUNE_WORK_DIR": str(work / "ours-scratch"), "FINETUNE_TERMINATION_LOG": str(work / "ours-termination")}
+    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(work / "ours-config.json")]
+    started = time.monotonic()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "w"))
+    _, status, usage = os.wait4(process.pid, 0)
+    wall = time.monotonic() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"this trainer failed; see {work / 'ours.log'}")
+    progress = json.loads((out / "progress.json").read_text())
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    return wall, usage, progress, events
+
+
 def run_ours(work: Path, files: dict, rows_per_step: int) -> dict:
     out = work / "ours"
     config = {
@@ -123,20 +145,7 @@ def run_ours(work: Path, files: dict, rows_per_step: int) -> dict:
             "seed": SEED,
         },
     }
-    import shutil
-
-    shutil.rmtree(out, ignore_errors=True)
-    (work / "ours-config.json").write_text(json.dumps(config))
-    env = {**os.environ, "FINETUNE_WORK_DIR": str(work / "ours-scratch"), "FINETUNE_TERMINATION_LOG": str(work / "ours-termination")}
-    command = [sys.executable, "-m", "finetune_trainer", "train", "--config", str(work / "ours-config.json")]
-    started = time.monotonic()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(work / "ours.log", "w"))
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.monotonic() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"this trainer failed; see {work / 'ours.log'}")
-    progress = json.loads((out / "progress.json").read_text())
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    wall, usage, progress, events = run_trainer(work, config)
     def when(prefix: str) -> datetime:
         return next(datetime.fromisoformat(e["time"]) for e in events if e["message"].startswith(prefix))
 
@@ -253,11 +262,11 @@ def common_losses(files: dict, adapter: str, n_train: int = 200) -> tuple[float,
 # ----------------------------------------------------------------------------------------------
 
 
-def best_round(results: list[dict]) -> dict:
+def best_round(results: list[dict], rss: str = "peak_rss_mib") -> dict:
     """The round with the shortest training time (the least disturbed by other work on the machine);
-    peak RSS is the largest of all rounds."""
+    peak RSS (the key ``rss``) is the largest of all rounds."""
     best = dict(min(results, key=lambda r: r["train_seconds"]))
-    best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in results)
+    best[rss] = max(r[rss] for r in results)
     return best
 
 
