@@ -16,6 +16,7 @@ import dataclasses
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,18 @@ def announce(config: pytest.Config, line: str) -> None:
             reporter.write_line(line)
     else:
         reporter.write_line(line)
+
+
+def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
+    """Poll ``condition`` until it returns something truthy; fail naming ``what`` otherwise (the
+    timeout only bounds a broken run: what is waited for is an event, not a duration)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"gave up waiting for {what}")
 
 
 SECURITY_REPORT_ENV = "FINETUNE_SECURITY_REPORT"

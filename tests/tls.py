@@ -1,11 +1,13 @@
-"""TLS for the tests' loopback servers: a self-signed certificate for 127.0.0.1 and localhost, and a server
-socket wrapped with it. Clients trust it through ``SSL_CERT_FILE`` (as a pod trusts a mounted CA bundle)."""
+"""The tests' loopback servers and their TLS: a self-signed certificate for 127.0.0.1 and localhost, a server
+socket wrapped with it, and a threaded server over either. Clients trust it through ``SSL_CERT_FILE`` (as a pod trusts a mounted CA bundle)."""
 
 from __future__ import annotations
 
 import datetime
+import http.server
 import ipaddress
 import ssl
+import threading
 from pathlib import Path
 
 
@@ -44,3 +46,21 @@ def serve_tls(server, certificate: tuple[Path, Path]) -> None:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(*certificate)
     server.socket = context.wrap_socket(server.socket, server_side=True)
+
+
+class LoopbackServer:
+    """``handler`` served on 127.0.0.1 by a ThreadingHTTPServer in a thread of its own: over https with
+    ``certificate``, else plain http. ``url`` is its origin; ``stop`` ends it."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler], certificate: tuple[Path, Path] | None = None):
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        if certificate is not None:
+            serve_tls(self.server, certificate)
+        self.port = self.server.server_address[1]
+        self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.server
 import socket
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from finetune_trainer.data.sources import SourceError, open_source
 from finetune_trainer.data.validate_cmd import validate_dataset
 from finetune_trainer.outbound import MAX_REDIRECTS, address_problem
 from finetune_trainer.storage import ObjectStore
-from tests.tls import serve_tls
+from tests.tls import LoopbackServer
 
 from .conftest import chat_line
 
@@ -67,20 +66,11 @@ class RecordingServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if certificate is not None:
-            serve_tls(self.server, certificate)
-        self.port = self.server.server_address[1]
-        self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.loopback = LoopbackServer(Handler, certificate)
+        self.port, self.url, self.stop = self.loopback.port, self.loopback.url, self.loopback.stop
 
     def redirect(self, to: str) -> str:
         return f"{self.url}/to?url={urllib.parse.quote(to, safe='')}"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

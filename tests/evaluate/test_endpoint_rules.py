@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from finetune_trainer.evaluate.judge import LlmJudgeGrader
 from finetune_trainer.evaluate.run import main
 from finetune_trainer.evaluate.samples import EvalTurn
 from finetune_trainer.outbound import MAX_REDIRECTS
-from tests.tls import self_signed_certificate, serve_tls
+from tests.tls import LoopbackServer, self_signed_certificate
 
 from .conftest import write_config, write_jsonl
 
@@ -64,16 +63,8 @@ class JudgeServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        if certificate is not None:
-            serve_tls(self.server, certificate)
-        self.url = f"{'https' if certificate else 'http'}://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback = LoopbackServer(Handler, certificate)
+        self.url, self.stop = self.loopback.url, self.loopback.stop
 
 
 @pytest.fixture(scope="module")

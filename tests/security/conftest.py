@@ -66,25 +66,6 @@ class Stage:
             time.sleep(0.2)
         raise AssertionError(f"{plural}/{name}: the operator did not decide in {timeout}s; status: {status}\n{self.operator.log()[-3000:]}")
 
-    def wait_for(self, read: Callable[[], Any], timeout: float = 90) -> Any:
-        """What ``read`` returns once it stops raising 404 (the operator made the object)."""
-        import kubernetes
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return read()
-            except kubernetes.client.ApiException as e:
-                if e.status != 404 or time.monotonic() > deadline:
-                    raise
-            time.sleep(0.2)
-
-    def wait_until(self, done: Callable[[], bool], what: str, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"waited {timeout}s for {what}"
-            time.sleep(0.2)
-
     def pods_and_jobs(self, namespace: str) -> list[str]:
         import kubernetes
 

@@ -12,6 +12,7 @@ import pytest
 from minio import Minio
 from minio.error import S3Error
 
+from tests.conftest import wait_until
 from tests.security.conftest import SECRET_VALUE, VICTIM_DATA, Stage, secret_key
 
 
@@ -322,13 +323,16 @@ def test_an_endpoint_admits_only_its_own_namespace_and_says_when_it_is_open(stag
     import kubernetes
 
     networking = kubernetes.client.NetworkingV1Api(stage.kube_api.client())
-    policy = stage.wait_for(lambda: networking.read_namespaced_network_policy("open-door-server", stage.a))
+    def made() -> object:
+        return next((p for p in networking.list_namespaced_network_policy(stage.a).items if p.metadata.name == "open-door-server"), None)
+
+    policy = wait_until(made, "the endpoint's NetworkPolicy", timeout=90)
     (rule,) = policy.spec.ingress
     allowed = {peer.namespace_selector.match_labels["kubernetes.io/metadata.name"] for peer in rule._from}
     assert stage.a in allowed and stage.b not in allowed
     assert all(peer.pod_selector is None and peer.ip_block is None for peer in rule._from)
     assert stage.kubectl("delete", "inferenceendpoint", "open-door", "--wait=true").returncode == 0
-    stage.wait_until(lambda: not [o for o in stage.pods_and_jobs(stage.a) if "open-door" in o], "the endpoint's children to go")
+    wait_until(lambda: not [o for o in stage.pods_and_jobs(stage.a) if "open-door" in o], "the endpoint's children to go", timeout=120)
 
 
 # -- the Kubernetes API itself (a real control plane decides these) --------------------------------------------

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import wait_until  # noqa: F401 (the serve tests import it from here)
+
 API_KEY = "test-key-7f3a"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 START_TIMEOUT = 120.0
@@ -321,14 +323,3 @@ def metric_value(text: str, name: str, labels: dict[str, str] | None = None) -> 
             if sample.name == name and all(sample.labels.get(k) == v for k, v in (labels or {}).items()):
                 total += sample.value
     return total
-
-
-def wait_until(condition, what: str, timeout: float = 60.0, interval: float = 0.1):
-    """Poll ``condition`` until it returns something truthy; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"gave up waiting for {what}")
