@@ -63,6 +63,19 @@ class OperatorProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def metrics_once(self, *lines: str, timeout: float = 60) -> str:
+        """The operator's /metrics text once it holds every one of ``lines``. The operator counts a reconcile
+        after its status patch and Events are answered, so a client that has just seen them must wait."""
+        import urllib.request
+
+        from tests.conftest import wait_until
+
+        def text() -> str | None:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+            return body if all(line in body for line in lines) else None
+
+        return wait_until(text, f"the operator's metrics to show {lines}", timeout=timeout)
+
 
 @pytest.fixture(scope="session")
 def storage_credentials(object_store, tmp_path_factory) -> Path:

@@ -12,7 +12,6 @@ import ssl
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -217,9 +216,8 @@ def test_a_good_chat_file_becomes_ready_and_a_new_source_is_validated_again(clus
     assert "Dataset validation started" in messages
     table = cluster.kubectl("get", "datasets").stdout.splitlines()
     assert table[0].split()[:4] == ["NAME", "PHASE", "SAMPLES", "FORMAT"] and table[1].split()[:4] == ["support-chats", "Ready", "40", "chat"]
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'finetune_objects{kind="Dataset",phase="Ready"} 1.0' in metrics
-    assert 'finetune_phase_transitions_total{from_phase="Validating",kind="Dataset",to_phase="Ready"}' in metrics
+    operator.metrics_once('finetune_objects{kind="Dataset",phase="Ready"} 1.0',
+                          'finetune_phase_transitions_total{from_phase="Validating",kind="Dataset",to_phase="Ready"}')
 
     # A new source: generation 2 is validated by its own Job into its own sha256 folder, and until it
     # passes, the status shows none of generation 1's files.

@@ -5,7 +5,6 @@ the official ``openai`` client through the Service."""
 from __future__ import annotations
 
 import textwrap
-import urllib.request
 from pathlib import Path
 
 import openai
@@ -184,8 +183,7 @@ def test_builtin_endpoint_serves_its_model_and_hot_loads_adapters(cluster, objec
     # `kubectl get inferenceendpoints` and the operator's metrics show it.
     table = cluster.kubectl("get", "inferenceendpoints").stdout
     assert "support" in table and "Ready" in table and BASE_URI in table
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'finetune_objects{kind="InferenceEndpoint",phase="Ready"} 1.0' in metrics
+    metrics = operator.metrics_once('finetune_objects{kind="InferenceEndpoint",phase="Ready"} 1.0', 'kind="InferenceEndpoint",to_phase="Ready"}')
     transitions = [line for line in metrics.splitlines() if line.startswith("finetune_phase_transitions_total{")]
     wanted = ('kind="InferenceEndpoint"', 'from_phase="Deploying"', 'to_phase="Ready"')
     assert any(all(label in line for label in wanted) and line.endswith(" 1.0") for line in transitions), transitions

@@ -9,7 +9,6 @@ import json
 import re
 import textwrap
 import time
-import urllib.request
 
 import pytest
 
@@ -115,8 +114,7 @@ def test_finetunejob_from_yaml_runs_pending_to_completed(cluster, object_store, 
     table = cluster.kubectl("get", "finetunejobs").stdout
     assert "Completed" in table and "100% (6/6)" in table and f"{ns}/tiny:support:support-bot" in table
 
-    metrics = urllib.request.urlopen(f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=5).read().decode()
-    assert 'finetune_objects{kind="FineTuneJob",phase="Completed"}' in metrics
+    metrics = operator.metrics_once('finetune_objects{kind="FineTuneJob",phase="Completed"}', 'kind="FineTuneJob",to_phase="Completed"}')
     assert "finetune_reconcile_duration_seconds_bucket" in metrics
     # The path it took, each step once (polling the phase could miss a short one; the counters cannot).
     transitions = {
