@@ -14,6 +14,7 @@ from finetune_operator.config import ENV_PREFIX, OperatorConfig
 from finetune_operator.manifests.common import MANAGED_BY
 
 from tests.chart.conftest import (
+    load_chart,
     CHART_DIR,
     FULLNAME,
     KINDS_PLURAL,
@@ -162,7 +163,8 @@ def test_peering_runs_two_replicas_with_a_peering_object_and_a_disruption_budget
     peering = rendered.one("ClusterKopfPeering")
     assert peering["metadata"]["name"] == FULLNAME == config_of(rendered)["FINETUNE_PEERING"]
     assert peering["metadata"]["annotations"]["helm.sh/hook"] == "post-install,post-upgrade"
-    assert rendered.names("CustomResourceDefinition") >= {"clusterkopfpeerings.kopf.dev", "kopfpeerings.kopf.dev"}
+    # kopf's CRDs sit in crds/, which Helm applies (and waits for) before the templates and the hook.
+    assert {crd["name"] for crd in load_chart().crds} >= {"crds/clusterkopfpeerings.kopf.dev.yaml", "crds/kopfpeerings.kopf.dev.yaml"}
     pdb = rendered.one("PodDisruptionBudget")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]

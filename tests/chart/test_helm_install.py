@@ -90,10 +90,12 @@ def helm_for(target: Target) -> helm.Config:
 
 
 def crd_names(api: kubernetes.client.ApiClient) -> set[str]:
-    return {crd.metadata.name for crd in kubernetes.client.ApiextensionsV1Api(api).list_custom_resource_definition().items}
+    return set(crds(api))
 
 
 def crds(api: kubernetes.client.ApiClient) -> dict[str, Any]:
+    """The chart's own CRDs (finetune.dev) in the cluster. kopf's peering CRDs, in the chart's crds/ folder,
+    are Helm's to install first and never delete, whatever the values say."""
     return {crd.metadata.name: crd for crd in kubernetes.client.ApiextensionsV1Api(api).list_custom_resource_definition().items
             if crd.spec.group == "finetune.dev"}  # fmt: skip
 
