@@ -23,8 +23,8 @@ def tokenizer(tiny_model: Path):
     return AutoTokenizer.from_pretrained(tiny_model)
 
 
-def tokenized_pairs(tokenizer, rows: list[dict], max_len: int = 128):
-    tokenize = PairTokenizer(tokenizer, max_len)
+def tokenized_pairs(tokenizer, rows: list[dict], max_len: int = 128, share_prompt: bool = False):
+    tokenize = PairTokenizer(tokenizer, max_len, share_prompt=share_prompt)
     return [tokenize(parse_record(row, "pairs.jsonl", i + 1)) for i, row in enumerate(rows)]
 
 
@@ -38,8 +38,9 @@ def test_a_pair_trains_on_its_two_answers_and_their_end_of_turn_only(tokenizer):
     assert pair.preferred.input_ids[:shared] == pair.non_preferred.input_ids[:shared], "the same conversation before each answer"
 
 
-def test_packed_batches_hold_whole_pairs_and_say_which_sequence_each_token_is(tokenizer):
-    pairs = tokenized_pairs(tokenizer, preference_pairs(30, seed=1))
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["whole", "shared-prompt"])
+def test_packed_batches_hold_whole_pairs_and_say_which_sequence_each_token_is(tokenizer, share_prompt: bool):
+    pairs = tokenized_pairs(tokenizer, preference_pairs(30, seed=1), share_prompt=share_prompt)
     plan = PairBatchPlan(pairs, batch_size=2, max_seq_length=64, packing=True, seed=0, pad_token_id=tokenizer.pad_token_id)
     seen = []
     for rows in plan.global_batches(0):
@@ -56,12 +57,30 @@ def test_packed_batches_hold_whole_pairs_and_say_which_sequence_each_token_is(to
     assert sorted(seen) == list(range(30)), "every pair exactly once in an epoch"
 
 
-def test_per_sequence_log_probabilities_are_the_same_packed_and_alone(tiny_model: Path, tokenizer):
+def test_a_shared_prompt_lays_the_conversation_out_once_and_no_target_of_the_second_answer_in_it(tokenizer):
+    rows = preference_pairs(20, seed=3)
+    whole, shared = tokenized_pairs(tokenizer, rows), tokenized_pairs(tokenizer, rows, share_prompt=True)
+    for row, a, b in zip(rows, whole, shared):
+        prompt = len(tokenizer.apply_chat_template(row["input"]["messages"], add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+        assert b.shared == prompt - 1, "everything up to the answer's first prediction"
+        assert len(b) == len(a) - b.shared
+        assert b.branch.input_ids == a.non_preferred.input_ids[b.shared :]
+        assert all(t == IGNORE_INDEX for t in a.non_preferred.labels[1 : b.shared + 1]), "the shared positions predict none of it"
+    plan = PairBatchPlan(shared, batch_size=4, max_seq_length=64, packing=True, seed=0, pad_token_id=tokenizer.pad_token_id)
+    batch = plan.collate(plan.global_batches(0)[0])
+    k, index = 0, batch.pairs[0]
+    branch = (batch.sequence_ids[0] == 2 * k + 1).nonzero()[0, 0]  # its first target sits on the branch's first token...
+    assert int(batch.position_ids[0, branch]) == shared[index].shared, "...whose position goes on from the shared tokens"
+
+
+@pytest.mark.parametrize("share_prompt", [False, True], ids=["whole", "shared-prompt"])
+def test_per_sequence_log_probabilities_are_the_same_packed_and_alone(tiny_model: Path, tokenizer, share_prompt: bool):
     from transformers import AutoModelForCausalLM
 
     import finetune_trainer.train.attention  # noqa: F401  (registers packed_sdpa)
 
-    pairs = tokenized_pairs(tokenizer, preference_pairs(6, seed=2))
+    pairs = tokenized_pairs(tokenizer, preference_pairs(6, seed=2), share_prompt=share_prompt)
+    assert all(p.shared > 0 for p in pairs) == share_prompt
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="packed_sdpa").eval()
     module = SequenceLogProbs(model)
     plan = PairBatchPlan(pairs, batch_size=6, max_seq_length=256, packing=True, seed=0, pad_token_id=tokenizer.pad_token_id)

@@ -7,6 +7,14 @@ a pair is one unit of the ``BatchPlan`` (its length is both sequences'), so pack
 end in rows of up to ``2 x maxSeqLength`` tokens, each sequence with its own position ids from 0 (no
 attention between sequences), and every step sees complete pairs.
 
+With ``share_prompt`` (where the attention knows it: ``train/attention.py``'s ``packed_sdpa``) a pair's
+conversation runs once, not once per answer: the non-preferred sequence is laid out only from where it
+parts from the preferred one (its *branch*), with position ids that go on from the shared tokens', and its
+tokens attend to the preferred sequence's first tokens as to their own (``branch_point`` says how many).
+The shared positions predict no token of the non-preferred answer, so the per-sequence log-probabilities are
+the same as with the two sequences laid out whole (``tests/trainer`` checks it), at fewer tokens a pair: on
+short answers to a long conversation, nearly half.
+
 A batch also says which sequence each labelled position belongs to (``sequence_ids``: ``2k`` for the
 preferred answer of the batch's ``k``-th pair, ``2k + 1`` for its non-preferred one), so the model's
 per-token log-probabilities are summed per sequence in one ``index_add``, and which pairs it holds
@@ -35,9 +43,17 @@ class PreferencePair:
 
     preferred: TokenizedExample
     non_preferred: TokenizedExample
+    shared: int = 0  # leading tokens of non_preferred laid out once, in preferred (0: both whole)
 
     def __len__(self) -> int:
-        return len(self.preferred) + len(self.non_preferred)
+        return len(self.preferred) + len(self.non_preferred) - self.shared
+
+    @property
+    def branch(self) -> TokenizedExample:
+        """What of the non-preferred sequence is laid out: its tokens from the branch point on."""
+        if not self.shared:
+            return self.non_preferred
+        return TokenizedExample(self.non_preferred.input_ids[self.shared :], self.non_preferred.labels[self.shared :])
 
     @property
     def truncated(self) -> bool:
@@ -47,16 +63,18 @@ class PreferencePair:
 class PairTokenizer:
     """Turns a preference ``RawExample`` into a ``PreferencePair`` with the base model's chat template."""
 
-    def __init__(self, tokenizer: Any, max_seq_length: int, chat_template: str | None = None):
+    def __init__(self, tokenizer: Any, max_seq_length: int, chat_template: str | None = None, share_prompt: bool = False):
         self.formatter = ChatFormatter(tokenizer, chat_template)
         self.max_seq_length = max_seq_length
+        self.share_prompt = share_prompt
 
     def __call__(self, raw: RawExample) -> PreferencePair:
         if raw.kind != "preference":
             raise DatasetError(
                 raw.source, raw.line, f"objective dpo trains on preference pairs (preferred_output, non_preferred_output); this is {raw.kind} data"
             )
-        return PreferencePair(self._sequence(raw.messages, raw.preferred), self._sequence(raw.messages, raw.non_preferred))
+        preferred, non_preferred = self._sequence(raw.messages, raw.preferred), self._sequence(raw.messages, raw.non_preferred)
+        return PreferencePair(preferred, non_preferred, branch_point(preferred, non_preferred) if self.share_prompt else 0)
 
     def _sequence(self, conversation: list[Message], answer: str) -> TokenizedExample:
         ids, spans = self.formatter.tokenize([*conversation, Message(role="assistant", content=answer)])
@@ -64,6 +82,26 @@ class PairTokenizer:
         labels = [IGNORE_INDEX] * len(ids)
         labels[last.start : last.end] = ids[last.start : last.end]
         return truncate(TokenizedExample(ids, labels), self.max_seq_length)
+
+
+def branch_point(first: TokenizedExample, second: TokenizedExample) -> int:
+    """How many leading tokens ``second`` can share with ``first``: tokens both have, whose positions predict
+    no labelled token of ``second`` (what they predict of ``first`` is ``first``'s own), and at least two
+    fewer than ``first`` has, so the branch's positions never go on from ``first``'s last one.
+
+    >>> a = TokenizedExample([1, 2, 3, 4, 5], [-100, -100, -100, 4, 5])
+    >>> branch_point(a, TokenizedExample([1, 2, 3, 9], [-100, -100, -100, 9]))
+    2
+    >>> branch_point(a, TokenizedExample([1, 2, 7, 9], [-100, 2, 7, 9]))
+    0
+    """
+    same = 0
+    for x, y in zip(first.input_ids, second.input_ids):
+        if x != y:
+            break
+        same += 1
+    first_label = next((i for i, t in enumerate(second.labels) if t != IGNORE_INDEX), len(second))
+    return max(0, min(same, first_label - 1, len(first) - 2))
 
 
 def load_pairs(files: Iterable[tuple[Path, str]], tokenize: PairTokenizer) -> tuple[list[PreferencePair], DatasetStats]:
@@ -129,15 +167,17 @@ class PairBatch:
 
 def collate_pairs(rows: Sequence[Sequence[int]], pairs: Sequence[PreferencePair], pad_token_id: int) -> PairBatch:
     """A batch of the pairs at the indices of ``rows`` (a row: the pairs laid end to end in it)."""
-    batch = collate_rows([[s for i in row for s in (pairs[i].preferred, pairs[i].non_preferred)] for row in rows], pad_token_id)
+    batch = collate_rows([[s for i in row for s in (pairs[i].preferred, pairs[i].branch)] for row in rows], pad_token_id)
     sequence_ids = torch.full_like(batch.targets, -1)
     order: list[int] = []
     for r, row in enumerate(rows):
         offset = 0
         for i in row:
             k = len(order)
-            for j, sequence in enumerate((pairs[i].preferred, pairs[i].non_preferred)):
+            for j, sequence in enumerate((pairs[i].preferred, pairs[i].branch)):
                 sequence_ids[r, offset : offset + len(sequence)] = 2 * k + j
+                if j:  # the branch's positions go on from the tokens it shares with the preferred sequence
+                    batch.position_ids[r, offset : offset + len(sequence)] += pairs[i].shared
                 offset += len(sequence)
             order.append(i)
     sequence_ids[batch.targets == IGNORE_INDEX] = -1

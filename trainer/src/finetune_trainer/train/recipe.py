@@ -407,8 +407,13 @@ class FineTuneRecipe:
         self.tokenizer = load_tokenizer(self.base_folder)
         if self.dpo:
             from finetune_trainer.data.preference import PairTokenizer, load_pairs
+            from finetune_trainer.train.attention import PACKED_SDPA
+            from finetune_trainer.train.methods import attention_implementation
 
-            tokenize, load, unit = PairTokenizer(self.tokenizer, hp.max_seq_length, config.chat_template), load_pairs, "preference pairs"
+            # A pair's conversation runs once for both answers where the attention knows branches (CPU).
+            share = attention_implementation(self.plan) == PACKED_SDPA
+            tokenize = PairTokenizer(self.tokenizer, hp.max_seq_length, config.chat_template, share_prompt=share)
+            load, unit = load_pairs, "preference pairs"
         else:
             tokenize = ExampleTokenizer(self.tokenizer, hp.train_on_inputs, hp.max_seq_length, config.chat_template)
             load, unit = load_examples, "examples"
