@@ -110,9 +110,11 @@ def split_validation(examples: Sequence[TokenizedExample], fraction: float, seed
 class BatchPlan:
     """Which examples go into which micro-batch on which process, epoch by epoch.
 
-    With packing the rows are packed once (best fit) and shuffled per epoch; without it, each epoch
-    draws length-grouped batches. The global list of batches is padded (by repeating its first ones) to
-    a multiple of the world size and dealt round-robin, so every process runs the same number of steps.
+    With packing the rows are packed once (best fit), without it a row is one example; each epoch draws
+    length-grouped batches of rows (shuffled, then sorted by length in groups of 64 batches, so the few rows
+    packing leaves short are batched with each other, not padded to a full row's width). The global list of
+    batches is padded (by repeating its first ones) to a multiple of the world size and dealt round-robin, so
+    every process runs the same number of steps.
     """
 
     def __init__(
@@ -143,14 +145,11 @@ class BatchPlan:
     def global_batches(self, epoch: int) -> list[list[list[int]]]:
         """Every micro-batch of an epoch (each a list of rows, a row a list of example indices), all processes."""
         rng = random.Random(self.seed * 1_000_003 + epoch)
-        if self.packing or not self.shuffle:
-            rows = list(self.rows)
-            if self.shuffle:
-                rng.shuffle(rows)
-            batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        else:
-            lengths = [len(e) for e in self.examples]
-            batches = [[[i] for i in b] for b in length_grouped_batches(lengths, self.batch_size, rng)]
+        if not self.shuffle:
+            batches = [self.rows[i : i + self.batch_size] for i in range(0, len(self.rows), self.batch_size)]
+        else:  # rows (packed, or one example each) of similar length batched together: little padding
+            lengths = [sum(len(self.examples[i]) for i in row) for row in self.rows]
+            batches = [[self.rows[r] for r in b] for b in length_grouped_batches(lengths, self.batch_size, rng)]
         remainder = -len(batches) % self.world_size
         return batches + batches[:remainder]
 
