@@ -486,6 +486,10 @@ class FineTuneRecipe:
                 self.lm = apply_lora(base, config, self.init_weights_folder)
                 if config.method == "lora":
                     self.lm.to(self.device)
+                if self.device.type == "cpu":
+                    from finetune_trainer.train.dropout import use_fast_lora_dropout
+
+                    use_fast_lora_dropout(self.lm)
             if hp.gradient_checkpointing:
                 self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.module = SequenceLogProbs(self.lm) if self.dpo else CausalLMLoss(self.lm)
