@@ -342,9 +342,12 @@ def main() -> None:
         print(f"{label:<24}{fmt.format(ours[key]):>16}{fmt.format(trl[key]):>16}")
     speedup = ours["tokens_per_second"] / trl["tokens_per_second"]
     eval_gap = ours["eval_loss"] / trl["eval_loss"] - 1
-    print(f"\nspeed-up: {speedup:.2f}x trained tokens/s (goal >= 1.5x); eval loss {eval_gap:+.2%} against TRL's (goal within 5%)")
+    met = speedup >= 2 and ours["padding_fraction"] < 0.02 and abs(eval_gap) <= 0.05
+    print(f"\nspeed-up: {speedup:.2f}x trained tokens/s (goal >= 2x); padding {ours['padding_fraction']:.1%} (goal under 2%); "
+          f"eval loss {eval_gap:+.2%} against TRL's (goal within 5%); goal {'met' if met else 'NOT met'}")  # fmt: skip
     figures = {
         "machine": machine(),
+        "goal_met": met,
         "ours": {k: ours[k] for k in ("tokens_per_second", "padding_fraction", "peak_rss_mib", "train_loss", "eval_loss", "steps")},
         "trl": {k: trl[k] for k in ("tokens_per_second", "padding_fraction", "peak_rss_mib", "train_loss", "eval_loss", "steps")},
         "speedup": round(speedup, 3),

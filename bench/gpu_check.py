@@ -2,14 +2,17 @@
 
 Runs ``finetune-trainer train``'s own recipe (``FineTuneRecipe``) for a few dozen steps of each method,
 LoRA, QLoRA (4-bit base, needs bitsandbytes) and full fine-tuning, in bf16 with SDPA and packed rows
-of ``--seq-len`` tokens, then merges the LoRA adapter into the base model file by file (``output.merge``).
+of ``--seq-len`` tokens, then DPO with LoRA on preference pairs (rows of ``2 x --seq-len`` tokens, the
+reference log-probabilities computed before the first step), then merges the LoRA adapter into the base
+model file by file (``output.merge``).
 Each method runs in its own process, so peak GPU memory is its own. Nothing is downloaded: the model
 (1.24 B parameters, bf16, tied embeddings, Llama 3 RoPE) and the chat data are generated.
 
 Reported per method: trained tokens per second over the last 20 steps (as the trainer reports it), peak
 GPU memory (``torch.cuda.max_memory_allocated``), and MFU: model FLOPs per token (6 x the matmul
 parameters for full fine-tuning, 4 x for LoRA/QLoRA, whose frozen weights get no weight gradients;
-attention scores excluded) x tokens/s / the GPU's dense bf16 peak. The merge reports seconds and peak RSS.
+attention scores excluded) x tokens/s / the GPU's dense bf16 peak; DPO also its reward accuracy and
+margin. The merge reports seconds and peak RSS.
 
 Usage: ``python bench/gpu_check.py [--steps 30] [--seq-len 2048] [--work .bench/gpu-check]``; ``--dry`` runs
 the same plumbing on CPU with tiny shapes and a few steps (QLoRA is reported as skipped: it needs a GPU).
@@ -51,7 +54,8 @@ DRY_SHAPE = {**LLAMA_3_2_1B, "hidden_size": 64, "intermediate_size": 176, "num_h
              "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512}  # fmt: skip
 
 METHODS = ("lora", "qlora", "full")
-BATCH = {"lora": 8, "qlora": 8, "full": 4}
+STEPS = (*METHODS, "dpo", "merge")
+BATCH = {"lora": 8, "qlora": 8, "full": 4, "dpo": 4}
 PEAK_BF16_TFLOPS = {"H200": 989.4, "H100 PCIe": 756.0, "H100": 989.4, "A100": 312.0, "L40S": 362.1, "L4": 121.0}
 """Dense bf16 peak by GPU name (the first name found in torch's device name wins; H100 means SXM)."""
 WORDS = (
@@ -117,6 +121,27 @@ def write_data(path: Path, tokens: int, seq_len: int, seed: int = 0) -> Path:
     return path
 
 
+def write_preference_data(path: Path, tokens: int, seq_len: int, seed: int = 1) -> Path:
+    """Preference pairs (Together's shape) of a seq_len/8 to seq_len/2 token conversation and two answers of
+    seq_len/16 to seq_len/4 tokens each; ``tokens`` in all."""
+    rng = random.Random(seed)
+
+    def words(length: int) -> str:
+        return " ".join(rng.choice(WORDS) for _ in range(max(1, length // 6)))
+
+    rows, total = [], 0
+    while total < tokens:
+        prompt, first, second = rng.randint(seq_len // 8, seq_len // 2), rng.randint(seq_len // 16, seq_len // 4), rng.randint(seq_len // 16, seq_len // 4)
+        rows.append({
+            "input": {"messages": [{"role": "user", "content": words(prompt)}]},
+            "preferred_output": [{"role": "assistant", "content": words(first)}],
+            "non_preferred_output": [{"role": "assistant", "content": words(second).upper()}],
+        })  # fmt: skip
+        total += 2 * prompt + first + second
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
 # One method, in its own process
 
@@ -127,22 +152,26 @@ def run_method(args: argparse.Namespace) -> dict:
     from finetune_trainer.contract import TrainerConfig
     from finetune_trainer.train.recipe import FineTuneRecipe
 
-    work, method = Path(args.work), args.child
+    work, step = Path(args.work), args.child
+    method = "lora" if step == "dpo" else step
     cuda = not args.dry
     if method == "qlora" and not cuda:
         return {"skipped": "method qlora needs a GPU (4-bit weights through bitsandbytes)"}
-    output = work / method
+    output = work / step
     shutil.rmtree(output, ignore_errors=True)
-    os.environ["FINETUNE_WORK_DIR"] = str(work / f"scratch-{method}")
-    os.environ["FINETUNE_TERMINATION_LOG"] = str(work / f"{method}.termination-log")
+    os.environ["FINETUNE_WORK_DIR"] = str(work / f"scratch-{step}")
+    os.environ["FINETUNE_TERMINATION_LOG"] = str(work / f"{step}.termination-log")
+    dpo = {"objective": "dpo", "dpo": {"beta": 0.1}} if step == "dpo" else {}
     config = TrainerConfig.model_validate({
-        "baseModel": str(work / "model"), "trainData": [str(work / "train.jsonl")], "outputUri": str(output),
+        "baseModel": str(work / "model"), "trainData": [str(work / ("pairs.jsonl" if dpo else "train.jsonl"))], "outputUri": str(output),
         "method": method, "numGpus": 1 if cuda else 0, "precision": "bf16" if cuda else "fp32",
         "metricsPort": None, "progressIntervalSeconds": 5,
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0},
+        **dpo,
         "hyperparameters": {
-            "epochs": 1, "maxSteps": args.steps, "batchSize": args.batch or BATCH[method], "maxSeqLength": args.seq_len,
-            "packing": True, "trainOnInputs": "true", "nCheckpoints": 0, "learningRate": 1e-5, "warmupRatio": 0.0,
+            "epochs": 1, "maxSteps": args.steps, "batchSize": args.batch or BATCH[step], "maxSeqLength": args.seq_len,
+            "packing": True, "nCheckpoints": 0, "learningRate": 1e-5, "warmupRatio": 0.0,
+            **({} if dpo else {"trainOnInputs": "true"}),
         },
     })  # fmt: skip
     if cuda:
@@ -151,16 +180,16 @@ def run_method(args: argparse.Namespace) -> dict:
     code = FineTuneRecipe(config).run()
     seconds = time.monotonic() - started
     if code != 0:
-        log = work / f"{method}.termination-log"
+        log = work / f"{step}.termination-log"
         return {"error": log.read_text() if log.exists() else f"exit code {code}"}
     progress = json.loads((output / "progress.json").read_text())
     shape = json.loads((work / "shape.json").read_text())
     tokens_per_second = progress.get("tokensPerSecond") or 0.0
     flops_per_token = (6 if method == "full" else 4) * matmul_parameters(shape)
     peak = peak_tflops(torch.cuda.get_device_name()) if cuda else None
-    return {
+    figures = {
         "steps": progress["step"],
-        "batch_rows": args.batch or BATCH[method],
+        "batch_rows": args.batch or BATCH[step],
         "seq_len": args.seq_len,
         "tokens_per_second": round(tokens_per_second, 1),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
@@ -170,6 +199,9 @@ def run_method(args: argparse.Namespace) -> dict:
         "padding_fraction": progress.get("paddingFraction"),
         "seconds": round(seconds, 1),
     }
+    if dpo:
+        figures.update(reward_accuracy=progress.get("rewardAccuracy"), reward_margin=progress.get("rewardMargin"))
+    return figures
 
 
 def run_merge(args: argparse.Namespace) -> dict:
@@ -230,7 +262,7 @@ def main() -> int:
     parser.add_argument("--seq-len", type=int, default=None, help="tokens per packed row (default 2048; 128 with --dry)")
     parser.add_argument("--batch", type=int, default=None, help="rows per step (default: lora/qlora 8, full 4)")
     parser.add_argument("--work", type=Path, default=ROOT / ".bench" / "gpu-check")
-    parser.add_argument("--child", choices=[*METHODS, "merge"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=STEPS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.steps = args.steps or (3 if args.dry else 30)
     args.seq_len = args.seq_len or (128 if args.dry else 2048)
@@ -251,6 +283,7 @@ def main() -> int:
     parameters = make_model(args.work / "model", shape, args.dry)
     rows = max(BATCH.values()) if args.batch is None else args.batch
     write_data(args.work / "train.jsonl", tokens=2 * args.steps * rows * args.seq_len, seq_len=args.seq_len)
+    write_preference_data(args.work / "pairs.jsonl", tokens=2 * args.steps * BATCH["dpo"] * 2 * args.seq_len, seq_len=args.seq_len)
     line: dict = {
         "check": "gpu-check",
         "dry": args.dry,
@@ -262,13 +295,13 @@ def main() -> int:
         "packing": True,
     }
     imported: set[str] = set()
-    for what in (*METHODS, "merge"):
+    for what in STEPS:
         line[what] = run_child(args, what)
         imported.update(line[what].pop("imported", []))
     line["distributions"] = sorted(imported)
     line["seconds"] = round(time.monotonic() - started, 1)
     print(json.dumps(line))
-    failed = [k for k in (*METHODS, "merge") if "error" in line[k]]
+    failed = [k for k in STEPS if "error" in line[k]]
     return 1 if failed else 0
 
 

@@ -37,6 +37,10 @@ def test_the_dry_run_trains_each_method_merges_and_prints_one_json_line(tmp_path
         assert figures["tokens_per_second"] > 0 and figures["peak_memory_bytes"] > 0
         assert figures["mfu"] is None, "no peak FLOPs for a CPU"
     assert "needs a GPU" in line["qlora"]["skipped"]
+    dpo = line["dpo"]
+    assert "error" not in dpo, dpo
+    assert dpo["steps"] == 3 and dpo["tokens_per_second"] > 0
+    assert 0 <= dpo["reward_accuracy"] <= 1 and dpo["reward_margin"] is not None, "DPO's own figures, from its progress"
     merge = line["merge"]
     assert merge["merged_weights"] == 2 * 7, "every projection of both layers"
     merged = json.loads((tmp_path / "merged" / "config.json").read_text())
