@@ -12,11 +12,11 @@ DPO = ["jobs", "create", "case-dpo", "--model", "s3://finetune/models/tiny-case"
 
 
 def test_a_dpo_job_from_the_cli_continues_the_sft_job_with_its_options(capsys):
-    assert main([*DPO, "--objective", "dpo", "--dpo-beta", "0.5", "--from-checkpoint", "case-sft", "--suffix", "dpo"]) == 0
+    assert main([*DPO, "--objective", "dpo", "--dpo-beta", "0.5", "--dpo-sft-weight", "1", "--from-checkpoint", "case-sft", "--suffix", "dpo"]) == 0
     planned = yaml.safe_load(capsys.readouterr().out)
     assert planned["spec"] == {
         "baseModel": {"uri": "s3://finetune/models/tiny-case"}, "dataset": "case-pairs", "objective": "dpo",
-        "dpo": {"beta": 0.5}, "fromCheckpoint": "case-sft", "suffix": "dpo",
+        "dpo": {"beta": 0.5, "sftWeight": 1.0}, "fromCheckpoint": "case-sft", "suffix": "dpo",
     }  # fmt: skip
 
 
@@ -26,6 +26,7 @@ def test_a_dpo_job_from_the_cli_continues_the_sft_job_with_its_options(capsys):
         (["--dpo-beta", "0.5"], "spec.dpo: dpo options need objective dpo"),
         (["--objective", "dpo", "--dpo-beta", "0"], "spec.dpo.beta: Input should be greater than 0"),
         (["--objective", "dpo", "--dpo-loss-type", "ipo", "--dpo-label-smoothing", "0.1"], "labelSmoothing"),
+        (["--objective", "dpo", "--dpo-sft-weight", "-1"], "spec.dpo.sftWeight: Input should be greater than or equal to 0"),
     ],
 )
 def test_dpo_options_the_api_refuses_are_refused_in_one_line(capsys, flags: list[str], words: str):

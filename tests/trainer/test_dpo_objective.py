@@ -115,6 +115,19 @@ def test_the_sigmoid_loss_is_the_dpo_paper_s_and_label_smoothing_is_conservative
     assert smoothed.tolist() == pytest.approx(expected)
 
 
+def test_sft_weight_adds_the_preferred_answer_s_per_token_loss_and_pulls_it_up():
+    policy = torch.tensor([-6.0, -9.0, -4.0, -2.0], requires_grad=True)
+    reference = torch.tensor([-5.0, -5.0, -4.0, -4.0])
+    tokens = torch.tensor([3, 2, 4, 4])
+    plain, _, _ = preference_loss(policy, reference, tokens, DpoOptions(beta=0.2))
+    rpo, preferred, rejected = preference_loss(policy, reference, tokens, DpoOptions(beta=0.2, sft_weight=0.5))
+    assert (rpo - plain).tolist() == pytest.approx([0.5 * 6.0 / 3, 0.5 * 4.0 / 4])
+    assert preferred.tolist() == pytest.approx([-0.2, 0.0]) and rejected.tolist() == pytest.approx([-0.8, 0.4]), "rewards are DPO's"
+    (plain_grad,) = torch.autograd.grad(plain.sum(), policy)
+    (rpo_grad,) = torch.autograd.grad(rpo.sum(), policy)
+    assert (rpo_grad - plain_grad).tolist() == pytest.approx([-0.5 / 3, 0.0, -0.5 / 4, 0.0]), "only the preferred answers, per token"
+
+
 def test_the_ipo_loss_averages_the_log_ratios_per_token_and_aims_at_one_over_two_beta():
     policy = torch.tensor([-10.0, -12.0])
     reference = torch.tensor([-11.0, -11.0])

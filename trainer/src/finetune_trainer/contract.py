@@ -257,6 +257,15 @@ class DpoOptions(_Model):
         "the sigmoid loss also rewards the reverse order this much. Only for lossType sigmoid. At least 0, "
         "at most 0.5 (as in TRL). Default 0.",
     )
+    sft_weight: float = Field(
+        default=0.0,
+        ge=0,
+        le=10,
+        description="sftWeight adds this much of the preferred answer's next-token loss (per token) to each pair's "
+        "loss (RPO, Pang et al. 2024; TRL's rpo_alpha): DPO alone can lower both answers' likelihood while it "
+        "widens their margin, and a model that does answers worse than either; this keeps the preferred answer "
+        "likely. At least 0, at most 10. Default 0 (plain DPO).",
+    )
 
 
 Objective = Literal["sft", "dpo"]

@@ -129,8 +129,8 @@ class Hyperparameters(ApiModel, contract.TrainingOptions):
 
 
 class DpoSpec(ApiModel, contract.DpoOptions):
-    """DPO options (objective dpo). beta, lossType and labelSmoothing are defined once, in the operator-trainer
-    contract (``finetune_trainer.contract.DpoOptions``). The reference model is the model the job starts from:
+    """DPO options (objective dpo). beta, lossType, labelSmoothing and sftWeight are defined once, in the
+    operator-trainer contract (``finetune_trainer.contract.DpoOptions``). The reference model is the model the job starts from:
     the base model (LoRA: the base with a fresh adapter, whose update is zero), the fromCheckpoint model, or
     the full model it fine-tunes; its log-probabilities are computed once, before the first step."""
 
@@ -195,7 +195,7 @@ class FineTuneJobSpec(ApiModel):
         "Default sft. Immutable.",
     )
     dpo: DpoSpec | None = Field(
-        default=None, description="dpo options for objective dpo. Unset: beta 0.1, lossType sigmoid, labelSmoothing 0. Immutable."
+        default=None, description="dpo options for objective dpo. Unset: beta 0.1, lossType sigmoid, labelSmoothing 0, sftWeight 0. Immutable."
     )
     lora: LoraSpec = Field(default_factory=LoraSpec, description="lora options for methods lora and qlora.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters, description="hyperparameters of the training run.")

@@ -137,6 +137,8 @@ def _create_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dpo-beta", type=float, default=None, metavar="F", help="objective dpo: beta (default 0.1)")
     parser.add_argument("--dpo-loss-type", choices=("sigmoid", "ipo"), default=None, help="objective dpo: the loss (default sigmoid)")
     parser.add_argument("--dpo-label-smoothing", type=float, default=None, metavar="F", help="objective dpo, sigmoid loss (default 0)")
+    parser.add_argument("--dpo-sft-weight", type=float, default=None, metavar="F",
+                        help="objective dpo: how much of the preferred answer's next-token loss to add (RPO; default 0)")  # fmt: skip
     parser.add_argument("--epochs", type=int, default=None, help="default 3")
     parser.add_argument("--learning-rate", type=float, default=None, help="default 1e-4 (lora), 1e-5 (full)")
     parser.add_argument("--batch-size", default=None, help="an integer or auto (default)")
@@ -173,7 +175,8 @@ def job_spec(args: argparse.Namespace) -> dict[str, Any]:
                        ("objective", args.objective), ("suffix", args.suffix), ("fromCheckpoint", args.from_checkpoint), ("queueName", args.queue), ("numNodes", args.nodes)):
         if value is not None:
             spec[key] = value
-    dpo = {k: v for k, v in (("beta", args.dpo_beta), ("lossType", args.dpo_loss_type), ("labelSmoothing", args.dpo_label_smoothing)) if v is not None}
+    options = (("beta", args.dpo_beta), ("lossType", args.dpo_loss_type), ("labelSmoothing", args.dpo_label_smoothing), ("sftWeight", args.dpo_sft_weight))
+    dpo = {k: v for k, v in options if v is not None}
     if dpo:
         spec["dpo"] = dpo
     batch_size: Any = args.batch_size

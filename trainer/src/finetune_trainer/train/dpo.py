@@ -53,7 +53,9 @@ def preference_loss(
     * ``sigmoid``: ``-(1 - e) log sigmoid(beta m) - e log sigmoid(-beta m)``, ``m`` the difference of the two
       log-ratios and ``e`` the label smoothing (conservative DPO; 0 is the DPO paper's loss);
     * ``ipo``: ``(m' - 1 / (2 beta))^2`` with ``m'`` the difference of the length-averaged log-ratios (IPO,
-      Azar et al., 2023, averaged per token as its authors' results are).
+      Azar et al., 2023, averaged per token as its authors' results are);
+
+    and with ``sftWeight`` ``w``, ``w`` times the preferred answer's mean next-token loss (RPO).
 
     >>> policy, reference = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.0])
     >>> loss, preferred, rejected = preference_loss(policy, reference, torch.tensor([2, 2]), DpoOptions(beta=0.5))
@@ -70,4 +72,6 @@ def preference_loss(
         logits = options.beta * (preferred - rejected)
         smoothing = options.label_smoothing
         loss = -(1 - smoothing) * F.logsigmoid(logits) - smoothing * F.logsigmoid(-logits)
+    if options.sft_weight:
+        loss = loss - options.sft_weight * policy[0::2] / answer_tokens[0::2].to(policy.dtype).clamp(min=1)
     return loss, options.beta * preferred.detach(), options.beta * rejected.detach()
