@@ -138,7 +138,7 @@ def test_running_uploading_completed_with_progress():
     plan = run(status=plan.status, observed=running_world(job, progress))
     assert plan.new_phase == "Running"
     assert plan.status["progress"]["summary"] == "25% (5/20)" and plan.status["progress"]["trainLoss"] == 1.5
-    assert any(e.message == "Training started" for e in plan.events)
+    assert any(e.message == "Trainer started" for e in plan.events)
     progress = progress.model_copy(update={"phase": "uploading", "step": 20})
     plan = run(status=plan.status, observed=running_world(job, progress))
     assert plan.new_phase == "Uploading"

@@ -107,7 +107,7 @@ def test_finetunejob_from_yaml_runs_pending_to_completed(cluster, object_store, 
 
     # The event log reads like the hosted services'.
     messages = [e["message"] for e in cluster.events_for("support-bot")]
-    assert "Training started" in messages
+    assert "Trainer started" in messages and "Training started" not in messages, "the operator's words, not the trainer's"
     assert any(m.startswith("Fine-tuning job completed") for m in messages)
 
     # `kubectl get finetunejobs` shows phase, progress and model.

@@ -281,7 +281,7 @@ TRANSITION_EVENTS = {
     # phase: (type, words; None: the status message, else the default words)
     "Pending": ("Normal", None, "Fine-tuning job created"),
     "Queued": ("Normal", None, "Job queued"),
-    "Running": ("Normal", "Training started", ""),
+    "Running": ("Normal", "Trainer started", ""),  # the trainer's own TrainingStarted follows its downloads
     "Uploading": ("Normal", "Uploading output model", ""),
     "Completed": ("Normal", None, "Fine-tuning job completed"),
     "Suspended": ("Normal", "Fine-tuning job suspended", ""),
