@@ -14,13 +14,13 @@ from finetune_operator.config import ENV_PREFIX, OperatorConfig
 from finetune_operator.manifests.common import MANAGED_BY
 
 from tests.chart.conftest import (
-    load_chart,
     CHART_DIR,
     FULLNAME,
     KINDS_PLURAL,
     RELEASE_NAMESPACE,
     REPO_ROOT,
     Rendered,
+    load_chart,
     render_chart,
 )
 from tests.chart.pod_security import check_restricted, pod_annotations_of, pod_spec_of

@@ -17,8 +17,8 @@ import pytest
 from finetune_local.kubeapi import KubeApiServer, kubeconfig_text
 from finetune_local.kubeapi_resources import ResourceType
 
-from tests.conftest import wait_until
 from tests.chart.conftest import CHART_DIR, FULLNAME, KINDS_PLURAL, RELEASE_NAME, RELEASE_NAMESPACE, REPO_ROOT
+from tests.conftest import wait_until
 
 # Kinds the chart creates that the local server does not model; it stores them like any object.
 EXTRA_KINDS = [

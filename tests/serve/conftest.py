@@ -19,8 +19,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import wait_until  # noqa: F401 (the serve tests import it from here)
-
 API_KEY = "test-key-7f3a"
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 START_TIMEOUT = 120.0

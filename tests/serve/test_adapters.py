@@ -9,7 +9,9 @@ import openai
 import pytest
 from openai import AsyncOpenAI
 
-from .conftest import API_KEY, HttpClient, wait_until
+from tests.conftest import wait_until
+
+from .conftest import API_KEY, HttpClient
 
 pytestmark = pytest.mark.slow
 

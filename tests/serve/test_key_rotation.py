@@ -7,7 +7,9 @@ import os
 import openai
 import pytest
 
-from .conftest import HttpClient, ServerProcess, wait_until
+from tests.conftest import wait_until
+
+from .conftest import HttpClient, ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,9 @@ import json
 import openai
 import pytest
 
-from .conftest import API_KEY, HttpClient, metric_value, wait_until
+from tests.conftest import wait_until
+
+from .conftest import API_KEY, HttpClient, metric_value
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,9 @@ import signal
 import openai
 import pytest
 
-from .conftest import HttpClient, ServerProcess, metric_value, wait_until
+from tests.conftest import wait_until
+
+from .conftest import HttpClient, ServerProcess, metric_value
 
 pytestmark = pytest.mark.slow
 

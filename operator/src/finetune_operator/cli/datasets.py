@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from finetune_operator.cli.base import (
-    list_subcommand,
     EXIT_FAILED,
     EXIT_NOT_READY,
     EXIT_OK,
@@ -27,6 +26,7 @@ from finetune_operator.cli.base import (
     add_kube_arguments,
     add_output_argument,
     add_storage_arguments,
+    list_subcommand,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
 from finetune_operator.cli.output import Column, age, dump, print_fields

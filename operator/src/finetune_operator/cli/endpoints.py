@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from finetune_operator.cli.base import list_subcommand, EXIT_OK, EXIT_USAGE, CliError, Subcommand, add_kube_arguments, add_output_argument
+from finetune_operator.cli.base import EXIT_OK, EXIT_USAGE, CliError, Subcommand, add_kube_arguments, add_output_argument, list_subcommand
 from finetune_operator.cli.kube import Kube, namespace_of
 from finetune_operator.cli.output import Column, age, dump, print_fields, table
 

@@ -13,7 +13,6 @@ import textwrap
 from typing import Any
 
 from finetune_operator.cli.base import (
-    list_subcommand,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
@@ -22,6 +21,7 @@ from finetune_operator.cli.base import (
     add_kube_arguments,
     add_output_argument,
     add_storage_arguments,
+    list_subcommand,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
 from finetune_operator.cli.output import Column, age, dump

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from finetune_operator.cli.base import (
-    list_subcommand,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_NOT_READY,
@@ -26,6 +25,7 @@ from finetune_operator.cli.base import (
     add_kube_arguments,
     add_output_argument,
     add_storage_arguments,
+    list_subcommand,
 )
 from finetune_operator.cli.kube import Kube, namespace_of
 from finetune_operator.cli.output import Column, age, duration, dump, print_fields, size, sparkline, table
