@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -40,15 +38,3 @@ def rows(text: str) -> list[list[str]]:
     import re
 
     return [re.split(r"\s{2,}", line.strip()) for line in text.strip().splitlines()]
-
-
-def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    """The first truthy result of ``check``, polled; the deadline only bounds a broken run."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.3)

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.cli.conftest import BIN, HELD_STEP
-from tests.cli.helpers import as_json, as_yaml, eventually, fails, ok, rows
+from tests.cli.helpers import as_json, as_yaml, fails, ok, rows
+from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -220,7 +221,7 @@ def test_a_job_created_from_the_cli_is_the_job_a_user_would_apply_and_is_watched
     out = ok(pipeline.finetune("jobs", "delete", "quick", "--artifacts"))
     assert "finetunejob.finetune.dev/quick deleted" in out and re.search(rf"deleted \d+ objects under {re.escape(artifacts)}", out)
     assert list(pipeline.store_client().list_objects(bucket, prefix=prefix + "/", recursive=True)) == []
-    eventually(lambda: "quick" not in ok(pipeline.finetune("jobs", "list")), 60, "quick to be gone")
+    wait_until(lambda: "quick" not in ok(pipeline.finetune("jobs", "list")), "quick to be gone", timeout=60)
 
 
 def subset(small: object, big: object) -> bool:

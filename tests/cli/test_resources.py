@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.helpers import as_json, as_yaml, eventually, fails, ok, rows
+from tests.cli.helpers import as_json, as_yaml, fails, ok, rows
+from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -54,7 +55,7 @@ spec:
 """)
     fails(pipeline.finetune("datasets", "download", "scratch"), 5, "dataset scratch is", "not Ready")
     assert "dataset.finetune.dev/scratch deleted" in ok(pipeline.finetune("datasets", "delete", "scratch"))
-    eventually(lambda: pipeline.finetune("datasets", "get", "scratch").returncode == 3, 60, "scratch to be gone")
+    wait_until(lambda: pipeline.finetune("datasets", "get", "scratch").returncode == 3, "scratch to be gone", timeout=60)
 
 
 # ------------------------------------------------------------------------------------------------ endpoints and chat
@@ -115,7 +116,7 @@ def test_endpoints_create_writes_the_endpoint_and_chat_waits_for_it_to_be_ready(
                                                                                   "s3://finetune/models/cli-tiny", "--runtime", "builtin", "--gpus", "0"))  # fmt: skip
     fails(pipeline.finetune("chat", "spare", "hi"), 5, "inferenceendpoint spare is", "not Ready")
     assert "inferenceendpoint.finetune.dev/spare deleted" in ok(pipeline.finetune("endpoints", "delete", "spare"))
-    eventually(lambda: pipeline.finetune("endpoints", "get", "spare").returncode == 3, 60, "spare to be gone")
+    wait_until(lambda: pipeline.finetune("endpoints", "get", "spare").returncode == 3, "spare to be gone", timeout=60)
 
 
 # ------------------------------------------------------------------------------------------------ evaluations

@@ -8,14 +8,15 @@ import hashlib
 import http.server
 import io
 import json
-import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import wait_until
+from tests.tls import LoopbackServer, self_signed_certificate
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -69,17 +70,6 @@ def make_ready_dataset(cluster, object_store, name: str = "support-chats", examp
     return cluster.wait_phase("datasets", name, "Ready")
 
 
-def eventually(probe, timeout: float = 20, what: str = ""):
-    """Poll ``probe`` until it returns something truthy (Events are posted asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value or time.monotonic() > deadline:
-            assert value, f"timed out waiting for {what}"
-            return value
-        time.sleep(0.2)
-
-
 def event_messages(cluster, name: str, type_: str | None = None) -> list[str]:
     return [e["message"] or "" for e in cluster.events_for(name) if type_ is None or e["type"] == type_]
 
@@ -92,7 +82,7 @@ def condition(obj: dict, type_: str) -> dict:
 
 
 class FileServer:
-    def __init__(self, root: Path, certfile: Path, keyfile: Path):
+    def __init__(self, certificate: tuple[Path, Path]):
         files = {"/chats.jsonl": chat_lines(20, topic="shipping")}
         self.release = threading.Event()
         """Set it to answer the requests for /held/... (they wait until then)."""
@@ -119,35 +109,22 @@ class FileServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(certfile, keyfile)
-        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self.loopback = LoopbackServer(Handler, certificate)
+        self.url = self.loopback.url
 
     def stop(self) -> None:
         self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
+        self.loopback.stop()
 
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-        check=True, capture_output=True, timeout=60,
-    )
-    return cert, key
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
-def file_server(certificate, tmp_path) -> Iterator[FileServer]:
-    server = FileServer(tmp_path, *certificate)
+def file_server(certificate) -> Iterator[FileServer]:
+    server = FileServer(certificate)
     try:
         yield server
     finally:
@@ -212,7 +189,7 @@ def test_a_good_chat_file_becomes_ready_and_a_new_source_is_validated_again(clus
     assert job.spec.template.spec.containers[0].command[:2] == ["finetune-trainer", "validate"]
     train, validation = status["trainSamples"], status["validationSamples"]
     ready_message = f"Dataset ready: 40 examples ({train} train / {validation} validation)"
-    messages = eventually(lambda: (m := event_messages(cluster, "support-chats")) and ready_message in m and m, what="the Ready event")
+    messages = wait_until(lambda: (m := event_messages(cluster, "support-chats")) and ready_message in m and m, "the Ready event", timeout=20)
     assert "Dataset validation started" in messages
     table = cluster.kubectl("get", "datasets").stdout.splitlines()
     assert table[0].split()[:4] == ["NAME", "PHASE", "SAMPLES", "FORMAT"] and table[1].split()[:4] == ["support-chats", "Ready", "40", "chat"]
@@ -253,9 +230,9 @@ def test_a_malformed_file_is_invalid_with_the_line_and_rule(cluster, object_stor
     assert status["message"].startswith("line 7: ") and status["message"].endswith("(unknown_role)")
     assert "trainUri" not in status
     assert (condition(invalid, "Validated")["status"], condition(invalid, "Validated")["reason"]) == ("False", "CheckFailed")
-    eventually(lambda: f"Dataset invalid: {status['message']}" in event_messages(cluster, "bad-roles", "Warning"), what="the Invalid event")
+    wait_until(lambda: f"Dataset invalid: {status['message']}" in event_messages(cluster, "bad-roles", "Warning"), "the Invalid event", timeout=20)
     [job] = cluster.jobs()
-    assert eventually(lambda: cluster.batch.read_namespaced_job(job.metadata.name, cluster.namespace).status.failed) == 1, "bad input is not retried"
+    assert wait_until(lambda: cluster.batch.read_namespaced_job(job.metadata.name, cluster.namespace).status.failed, "the Job to fail", timeout=20) == 1, "bad input is not retried"
     prefix = f"datasets/{cluster.namespace}/bad-roles/"
     stored = [o.object_name for o in object_store.client().list_objects(object_store.bucket, prefix=prefix, recursive=True)]
     assert stored and all("/reports/" in name for name in stored), "an invalid file leaves only its report"
@@ -271,7 +248,7 @@ def test_an_https_source_that_is_not_there_is_invalid_and_one_behind_a_token_is_
     assert gone["status"]["report"]["found"] is False
     assert condition(gone, "Validated")["reason"] == "SourceNotFound"
     assert "HTTP 404" in gone["status"]["message"] and "(not_found)" in gone["status"]["message"]
-    eventually(lambda: any("HTTP 404" in m for m in event_messages(cluster, "gone", "Warning")), what="the Invalid event")
+    wait_until(lambda: any("HTTP 404" in m for m in event_messages(cluster, "gone", "Warning")), "the Invalid event", timeout=20)
     shipping = cluster.wait_phase("datasets", "shipping", "Ready")
     assert shipping["status"]["numSamples"] == 20
     assert TOKEN not in json.dumps(shipping) and all(TOKEN not in (e["message"] or "") for e in cluster.events_for("shipping"))
@@ -285,7 +262,7 @@ def test_a_missing_source_secret_keeps_the_dataset_pending_until_it_exists(clust
     pending = cluster.wait_for("datasets", "private", lambda o: o.get("status", {}).get("phase") == "Pending", what="to be Pending")
     assert pending["status"]["message"] == "Secret uploads-credentials does not exist in this namespace (spec.source.secretRef)"
     assert condition(pending, "Ready")["reason"] == "SecretNotFound"
-    eventually(lambda: any("uploads-credentials" in m for m in event_messages(cluster, "private", "Warning")), what="the Pending event")
+    wait_until(lambda: any("uploads-credentials" in m for m in event_messages(cluster, "private", "Warning")), "the Pending event", timeout=20)
     # The Secret appears, but its owner has not allowed specs to name it: still Pending, no pod mounts it.
     cluster.storage_secret(object_store, name="uploads-credentials")
     refused = cluster.wait_for("datasets", "private", lambda o: "may not be used yet" in o.get("status", {}).get("message", ""),
@@ -319,18 +296,15 @@ def test_a_finetunejob_waits_for_a_validating_dataset_and_holds_its_deletion(clu
     cluster.kubectl("delete", "dataset", "support-chats", "--wait=false")
     held = cluster.wait_for("datasets", "support-chats", lambda o: "deletionTimestamp" in o["metadata"], what="to be marked for deletion")
     assert held["metadata"]["finalizers"] == ["finetune.dev/finalizer"]
-    blocked = eventually(lambda: [e for e in cluster.events_for("support-chats") if e["reason"] == "DeletionBlocked"], what="DeletionBlocked")
+    blocked = wait_until(lambda: [e for e in cluster.events_for("support-chats") if e["reason"] == "DeletionBlocked"], "DeletionBlocked", timeout=20)
     assert "FineTuneJob support-bot" in blocked[0]["message"]
     release = running["status"]["artifactsUri"].split("/", 3)[3] + "/release"
     object_store.client().put_object(object_store.bucket, release, io.BytesIO(b"go"), 2)  # the trainer goes on
     cluster.wait_phase("finetunejobs", "support-bot", "Completed", timeout=60)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if not [d for d in cluster.custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", cluster.namespace, "datasets")["items"]]:
-            break
-        time.sleep(0.2)
-    else:
-        raise AssertionError("the Dataset was not deleted after the job ended")
+    def gone() -> bool:
+        return not cluster.custom.list_namespaced_custom_object("finetune.dev", "v1alpha1", cluster.namespace, "datasets")["items"]
+
+    wait_until(gone, "the Dataset to be deleted after the job ended", timeout=30)
     sha = dataset["status"]["sha256"]
     assert object_exists(object_store, f"s3://{object_store.bucket}/datasets/{cluster.namespace}/support-chats/{sha}/manifest.json"), "data is never deleted"
 
