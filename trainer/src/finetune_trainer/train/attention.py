@@ -25,18 +25,16 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 PACKED_SDPA = "packed_sdpa"
 
 
-def example_bounds(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+def example_bounds(positions: list[list[int]]) -> list[list[tuple[int, int]]]:
     """``[start, end)`` of every example of every row, from where positions stop counting up by one.
 
-    >>> example_bounds(torch.tensor([[0, 1, 2, 0, 1, 0]]))
+    >>> example_bounds([[0, 1, 2, 0, 1, 0]])
     [[(0, 3), (3, 5), (5, 6)]]
     """
     rows = []
-    diff = torch.diff(position_ids, dim=-1) != 1
-    length = position_ids.shape[-1]
-    for row in diff.tolist():
-        starts = [0] + [i + 1 for i, new in enumerate(row) if new]
-        rows.append(list(zip(starts, starts[1:] + [length])))
+    for row in positions:
+        starts = [0] + [i for i in range(1, len(row)) if row[i] != row[i - 1] + 1]
+        rows.append(list(zip(starts, starts[1:] + [len(row)])))
     return rows
 
 
@@ -54,11 +52,10 @@ def packed_sdpa_attention(
     """Per-example causal SDPA over ``[batch, heads, seq, dim]`` tensors; returns ``[batch, seq, heads, dim]``."""
     if position_ids is None or attention_mask is not None or query.shape[2] != key.shape[2]:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    positions = position_ids.expand(query.shape[0], -1)
+    positions = position_ids.expand(query.shape[0], -1).tolist()  # one copy to the host, for every decision below
     bounds = example_bounds(positions)
     if all(len(row) == 1 for row in bounds):
         return sdpa_attention_forward(module, query, key, value, None, dropout=dropout, scaling=scaling, is_causal=True)
-    firsts = positions.tolist()
     rows = []
     # split/unbind, not slicing: their backward concatenates the parts' gradients, where a slice's writes its
     # part into a zero tensor the size of the whole row, once per example.
@@ -67,7 +64,7 @@ def packed_sdpa_attention(
         qs, ks, vs = (t.split(lengths, dim=1) for t in (q_row, k_row, v_row))
         parts, trunk = [], None
         for i, (s, e) in enumerate(row):
-            shared = firsts[b][s]
+            shared = positions[b][s]  # above 0: a branch sharing that many of the trunk's tokens
             q, k, v, mask = qs[i][None], ks[i][None], vs[i][None], None
             if shared == 0 or trunk is None or lengths[trunk] < shared:
                 trunk = i
